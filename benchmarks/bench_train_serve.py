@@ -1,0 +1,71 @@
+"""Training throughput and specialist latency on this machine (the walking skeleton's figures).
+
+Trains the default student for a fixed budget on the tau-airline dev split, then times batch-1
+generation of tool calls for test-split requests through the same runtime the gateway uses.
+Writes bench-results/train_serve.json and prints the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--train-minutes", type=float, default=3.0)
+    parser.add_argument("--serve-calls", type=int, default=40)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["DOWNSIZE_HOME"] = tempfile.mkdtemp(prefix="downsize-bench-")
+
+    from downsize.backends.transformers_runtime import runtime_for
+    from downsize.config import TrainConfig, default_tau_airline
+    from downsize.importers.tau_airline import import_tau_airline
+    from downsize.store import Store
+    from downsize.train.lora import train_specialist
+
+    store = Store.open()
+    import_tau_airline(store, default_tau_airline())
+    result = train_specialist(store, TrainConfig(max_minutes=args.train_minutes))
+    runtime = runtime_for(store.specialist(result.specialist_id))
+    test = list(store.exchanges(source="tau-airline", split="test", response_kind="tool_call"))[
+        : args.serve_calls
+    ]
+    times, tokens = [], []
+    for ex in test:
+        started = time.perf_counter()
+        gen = runtime.generate(ex.request["messages"], ex.request["tools"])
+        times.append((time.perf_counter() - started) * 1000)
+        tokens.append(gen.tokens)
+    figures = {
+        "machine_cores": os.cpu_count(),
+        "train_minutes": round(result.seconds / 60, 2),
+        "train_tokens": result.tokens,
+        "train_tokens_per_s": round(result.tokens_per_s, 1),
+        "train_steps": result.steps,
+        "serve_calls": len(times),
+        "serve_ms_p50": round(statistics.median(times), 1),
+        "serve_ms_p90": round(sorted(times)[int(0.9 * (len(times) - 1))], 1),
+        "serve_tokens_p50": statistics.median(tokens),
+        "serve_path": "transformers (merged LoRA), batch 1, grammar-constrained, no early stop",
+    }
+    out = ROOT / "bench-results" / "train_serve.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2))
+    for key, value in figures.items():
+        print(f"{key:>22}  {value}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

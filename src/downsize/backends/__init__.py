@@ -1,0 +1,1 @@
+"""Where models are served: the OpenAI-compatible upstream client (and, later, local runtimes)."""

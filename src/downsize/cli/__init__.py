@@ -1,0 +1,1 @@
+"""The `downsize` command: thin shells over the library."""

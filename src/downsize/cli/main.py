@@ -1,0 +1,260 @@
+"""`downsize` command groups. Parse, call the library, render; errors become one line and exit code 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from downsize import __version__
+from downsize.config import EvalConfig, TrainConfig, default_tau_airline, load_yaml, resolve
+from downsize.errors import DownsizeError
+
+
+class DownsizeGroup(click.Group):
+    """Maps DownsizeError to a one-line message and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DownsizeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+def _store(db: str | None) -> Any:
+    from downsize.store import Store
+
+    return Store.open(db)
+
+
+db_option = click.option(
+    "--db", envvar="DOWNSIZE_DB", help="SQLAlchemy URL of the store (default: $DOWNSIZE_HOME/downsize.db)."
+)
+
+
+@click.group(cls=DownsizeGroup)
+@click.version_option(__version__, prog_name="downsize")
+def main() -> None:
+    """downsize: route an agent's narrow LLM calls to specialist small models trained on its own logs.
+
+    The loop: serve (log calls) -> import -> train -> eval -> promote -> serve (route).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from packages or local folders, never a hub
+
+
+@main.group("import")
+def import_group() -> None:
+    """Bring existing agent logs into the store."""
+
+
+@import_group.command("tau-airline")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@db_option
+def import_tau(path: Path | None, db: str | None) -> None:
+    """Import tau-bench airline trajectories (default: ../shared/data/tau-airline).
+
+    Every assistant message becomes one exchange; task ids 35-49 are the test split. Importing twice adds nothing.
+    """
+    from downsize.importers.tau_airline import import_tau_airline
+
+    store = _store(db)
+    read, added = import_tau_airline(store, path or default_tau_airline())
+    click.echo(f"read {read} exchanges, added {added} new ({read - added} already stored)")
+    click.echo(
+        f"store: {store.count_exchanges(source='tau-airline')} tau-airline exchanges, "
+        f"{store.count_exchanges(source='tau-airline', response_kind='tool_call')} of them tool calls"
+    )
+
+
+@main.command()
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path), help="YAML file of TrainConfig settings."
+)
+@click.option("--student", help="Catalog name (smollm2-135m), Hugging Face id or local folder.")
+@click.option("--specialist", help="Name of the specialist to train (default: tau-airline).")
+@click.option("--max-tokens", type=int, help="Stop after this many trained tokens.")
+@click.option("--max-minutes", type=float, help="Stop after this many minutes of training.")
+@click.option("--epochs", type=float, help="Upper bound on passes over the data (default 1).")
+@click.option("--batch-size", type=int)
+@click.option("--learning-rate", type=float)
+@click.option("--max-prompt-tokens", type=int, help="Token budget of the pruned prompt.")
+@click.option("--seed", type=int)
+@click.option("--threads", type=int, help="torch threads (default: all cores).")
+@db_option
+def train(config_file: Path | None, db: str | None, **flags: Any) -> None:
+    """LoRA-fine-tune a student on the dev split's tool calls (pruned prompts, loss on the call only)."""
+    from downsize.train.lora import train_specialist
+
+    config = resolve(TrainConfig, load_yaml(config_file) if config_file else None, **flags)
+    store = _store(db)
+    result = train_specialist(store, config)
+    click.echo(
+        f"trained specialist {config.specialist} (id {result.specialist_id}): {result.examples} examples "
+        f"({result.skipped} skipped: target too long), {result.steps} steps = {result.epochs:.2f} epochs, "
+        f"{result.tokens} tokens in {result.seconds / 60:.1f} min = {result.tokens_per_s:.0f} tokens/s, "
+        f"final loss {result.final_loss:.3f}"
+    )
+    click.echo(f"adapter: {result.adapter_path}")
+
+
+@main.command("eval")
+@click.argument("specialist", required=False)
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path), help="YAML file of EvalConfig settings."
+)
+@click.option(
+    "--target-agreement", type=float, help="Agreement the calibrated threshold must reach (default 0.95)."
+)
+@click.option("--limit", type=int, help="Evaluate at most this many calls per split (quick look).")
+@click.option("--batch-size", type=int)
+@db_option
+def eval_cmd(specialist: str | None, config_file: Path | None, db: str | None, **flags: Any) -> None:
+    """Evaluate a specialist (default: the newest) against gpt-4o's logged calls; calibrate its threshold."""
+    from downsize.evaluate.tool_calls import evaluate_specialist
+
+    config = resolve(EvalConfig, load_yaml(config_file) if config_file else None, **flags)
+    store = _store(db)
+    sp = store.specialist(specialist)
+    report = evaluate_specialist(store, sp, config)
+    t = report["test_tool_calls"]
+    thr = report["threshold"]
+    click.echo(f"specialist {sp.name} (id {sp.id}) on {t['calls']} held-out test tool calls:")
+    click.echo(f"  tool-name accuracy   {t['tool_name_accuracy']:.3f}")
+    click.echo(
+        f"  exact agreement      {t['exact_agreement']:.3f} (lower95 {t['exact_agreement_lower95']:.3f})"
+    )
+    click.echo(f"  valid calls          {t['valid_share']:.3f}")
+    if thr is None:
+        click.echo(
+            f"  no threshold reaches {config.target_agreement:.0%} agreement on validation: the specialist would serve nothing"
+        )
+    else:
+        v, a = report["validation"]["at_threshold"], t["at_threshold"]
+        click.echo(
+            f"  threshold            {thr:.4f} (min token log-prob; calibrated on {report['validation']['calls']} validation calls)"
+        )
+        click.echo(
+            f"  validation at thr    served {v['served']} ({v['served_share']:.1%} of tool calls), agreement {v['agreement']:.3f}"
+        )
+        click.echo(
+            f"  test at thr          served {a['served']} ({a['served_share']:.1%} of tool calls), agreement {a['agreement']:.3f} (lower95 {a['agreement_lower95']:.3f})"
+        )
+    click.echo(f"report: {report['path']}")
+
+
+@main.command()
+@click.argument("specialist")
+@db_option
+def promote(specialist: str, db: str | None) -> None:
+    """Make a specialist live (it needs a calibrated threshold: run `downsize eval` first)."""
+    store = _store(db)
+    sp = store.specialist(specialist)
+    if sp.threshold is None:
+        raise DownsizeError(
+            f"specialist {sp.name} (id {sp.id}) has no calibrated threshold: run `downsize eval {sp.id}` first "
+            "(if eval found none, no threshold reached the target agreement and it should not serve)"
+        )
+    assert sp.id is not None
+    store.set_live(sp.id)
+    click.echo(
+        f"specialist {sp.name} (id {sp.id}) is live for task {sp.task} at threshold {sp.threshold:.4f}"
+    )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@db_option
+def specialists(as_json: bool, db: str | None) -> None:
+    """List trained specialists: version, status, threshold and headline metrics."""
+    rows = _store(db).specialists()
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in rows], indent=2, default=str))
+        return
+    if not rows:
+        click.echo("no specialists yet: run `downsize train`")
+        return
+    click.echo(
+        f"{'id':>3}  {'name':<16} {'status':<9} {'student':<14} {'threshold':>9}  {'test exact':>10}  adapter"
+    )
+    for r in rows:
+        exact = (r.metrics.get("eval") or {}).get("test_tool_calls", {}).get("exact_agreement")
+        thr = f"{r.threshold:.4f}" if r.threshold is not None else "-"
+        ex = f"{exact:.3f}" if exact is not None else "-"
+        click.echo(
+            f"{r.id:>3}  {r.name:<16} {r.status:<9} {r.base_model:<14} {thr:>9}  {ex:>10}  {r.adapter_path}"
+        )
+
+
+@main.command()
+@click.option(
+    "--upstream",
+    required=True,
+    help="Base URL of the OpenAI-compatible upstream, e.g. https://api.openai.com/v1",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8787, show_default=True, type=int)
+@click.option("--specialist", help="Route to this specialist (name or id) instead of the live one.")
+@click.option("--no-route", is_flag=True, help="Only log: forward every request upstream.")
+@click.option("--threshold", type=float, help="Override the specialist's calibrated threshold.")
+@click.option(
+    "--upstream-timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for the upstream.",
+)
+@db_option
+def serve(
+    upstream: str,
+    host: str,
+    port: int,
+    specialist: str | None,
+    no_route: bool,
+    threshold: float | None,
+    upstream_timeout: float,
+    db: str | None,
+) -> None:
+    """Run the OpenAI-compatible gateway: log every call, serve confident specialist calls, forward the rest."""
+    from downsize.config import GatewayConfig
+    from downsize.gateway.server import serve as run_server
+    from downsize.route.loading import load_router
+
+    if not upstream.startswith(("http://", "https://")):
+        raise DownsizeError(
+            f"--upstream must be an http(s) URL such as https://api.openai.com/v1, not {upstream!r}"
+        )
+    config = GatewayConfig(
+        upstream=upstream.rstrip("/"), host=host, port=port, upstream_timeout_s=upstream_timeout
+    )
+    store = _store(db)
+    router = None if no_route else load_router(store, specialist, threshold)
+    where = (
+        f"specialist {router.specialist.name} (id {router.specialist.id}), threshold {router.threshold:.4f}"
+        if router
+        else "no specialist (logging only)"
+    )
+    click.echo(f"downsize gateway on http://{host}:{port}/v1 -> {upstream}; routing: {where}", err=True)
+    run_server(config, store, router)
+
+
+@main.command()
+@click.option("--max-minutes", type=float, default=8.0, show_default=True, help="Training budget.")
+@click.option(
+    "--data", type=click.Path(path_type=Path), help="tau-airline folder (default ../shared/data/tau-airline)."
+)
+def demo(max_minutes: float, data: Path | None) -> None:
+    """The embedded default end to end: import, train, eval, then replay the test split through the gateway."""
+    from downsize.demo.run import run_demo
+
+    summary = run_demo(data or default_tau_airline(), train_minutes=max_minutes)
+    click.echo(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""`make demo`: import -> train within a CPU budget -> eval -> gateway in front of a recorded gpt-4o -> replay.
+
+The replay sends every call of the test split (tau-airline task ids 35-49), text replies included, through
+the gateway with the official `openai` client, each with the exact messages gpt-4o saw. The router cannot
+know in advance that gpt-4o answered some of them in text; serving a tool call there is a disagreement.
+Each call is replayed on its logged history, so a specialist's answer never changes later calls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from downsize.config import EvalConfig, GatewayConfig, TrainConfig, home
+from downsize.demo.recorded_upstream import create_recorded_upstream, recordings
+from downsize.demo.servers import BackgroundServer
+from downsize.evaluate.metrics import exact_match, wilson_lower
+from downsize.importers.tau_airline import import_tau_airline
+from downsize.route.router import Router
+from downsize.shapes import response_message, tool_calls
+from downsize.store import Store
+
+
+def _say(text: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _p50(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
+def replay(store: Store, gateway_url: str, run_id: str) -> list[dict[str, Any]]:
+    """Replay the test split through the gateway with the openai client; one record per call."""
+    import openai
+    from tqdm import tqdm
+
+    client = openai.OpenAI(
+        base_url=f"{gateway_url}/v1", api_key="sk-demo-not-a-real-key", max_retries=0, timeout=120
+    )
+    records = []
+    for ex in tqdm(
+        list(store.exchanges(source="tau-airline", split="test")),
+        desc="replay test split",
+        unit="call",
+        dynamic_ncols=True,
+    ):
+        started = time.perf_counter()
+        response = client.chat.completions.create(
+            model="gpt-4o",
+            messages=ex.request["messages"],
+            tools=ex.request["tools"],
+            extra_headers={
+                "X-Downsize-Session": f"{run_id}/{ex.id}",
+                "X-Downsize-Agent": "tau-airline-replay",
+            },
+        )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        message = response.choices[0].message
+        calls = tool_calls({"tool_calls": [c.model_dump() for c in message.tool_calls or []]})
+        teacher = tool_calls(response_message(ex.response))
+        records.append(
+            {
+                "exchange": ex,
+                "by_specialist": response.model.startswith("downsize/"),
+                "agrees": exact_match(calls[0] if calls else None, teacher[0] if teacher else None),
+                "teacher_called": bool(teacher),
+                "elapsed_ms": elapsed_ms,
+            }
+        )
+    return records
+
+
+def run_demo(data: Path, train_minutes: float = 8.0, store: Store | None = None) -> dict[str, Any]:
+    """The whole loop on the embedded default; writes $DOWNSIZE_HOME/reports/demo-summary.json."""
+    from downsize.backends.transformers_runtime import runtime_for
+    from downsize.evaluate.tool_calls import evaluate_specialist
+    from downsize.gateway.app import create_app
+    from downsize.train.lora import train_specialist
+
+    wall = time.perf_counter()
+    store = store or Store.open()
+    _say(f"home {home()}; importing {data}")
+    read, added = import_tau_airline(store, data)
+    _say(f"imported {read} exchanges ({added} new)")
+
+    _say(f"training the specialist (budget {train_minutes} min on {_cores()} cores)")
+    result = train_specialist(store, TrainConfig(max_minutes=train_minutes))
+    _say(
+        f"trained: {result.tokens} tokens in {result.seconds / 60:.1f} min = {result.tokens_per_s:.0f} tokens/s"
+    )
+
+    specialist = store.specialist(result.specialist_id)
+    runtime = runtime_for(specialist)
+    _say("evaluating on validation (calibration) and test tool calls")
+    report = evaluate_specialist(store, specialist, EvalConfig(), runtime=runtime)
+    threshold = report["threshold"]
+    assert specialist.id is not None
+    if threshold is not None:
+        store.set_live(specialist.id)
+        specialist = store.specialist(specialist.id)
+        _say(
+            f"threshold {threshold:.4f} reached {EvalConfig().target_agreement:.0%} on validation: specialist is live"
+        )
+    else:
+        _say(
+            "no threshold reached the target on validation: the specialist serves nothing (every call falls back)"
+        )
+    router = Router(
+        specialist=specialist,
+        runtime=runtime,
+        threshold=threshold if threshold is not None else math.inf,
+        task_tools=frozenset(specialist.config.get("task_tools", [])),
+    )
+
+    run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    upstream_app = create_recorded_upstream(recordings(store))
+    with BackgroundServer(upstream_app) as upstream_url:
+        app = create_app(GatewayConfig(upstream=f"{upstream_url}/v1"), store, router)
+        with BackgroundServer(app) as gateway_url:
+            _say(f"recorded gpt-4o at {upstream_url}, gateway at {gateway_url}; replaying the test split")
+            replayed = replay(store, gateway_url, run_id)
+            app.state.writer.flush(30)
+
+    # the route each call took, as the gateway stored it
+    routes = {
+        ex.session: ex.route or "upstream"
+        for ex in store.exchanges(source="gateway")
+        if (ex.session or "").startswith(run_id + "/")
+    }
+    fallbacks: Counter[str] = Counter()
+    latency: dict[str, list[float]] = {"specialist": [], "fallback": [], "upstream": []}
+    for rec in replayed:
+        route = routes.get(f"{run_id}/{rec['exchange'].id}", "missing")
+        path = route.split(":", 1)[0] if route.startswith(("specialist:", "fallback:")) else "upstream"
+        latency[path].append(rec["elapsed_ms"])
+        if path == "fallback":
+            fallbacks[route.removeprefix("fallback:")] += 1
+    served_recs = [r for r in replayed if r["by_specialist"]]
+    served, agreed = len(served_recs), sum(r["agrees"] for r in served_recs)
+    tool_call_count = sum(1 for r in replayed if r["teacher_called"])
+    summary = {
+        "calls": len(replayed),
+        "tool_calls": tool_call_count,
+        "served": served,
+        "served_share": round(served / tool_call_count, 4) if tool_call_count else 0.0,
+        "agreement": round(agreed / served, 4) if served else None,
+        "agreement_lower95": round(wilson_lower(agreed, served), 4),
+        "agreed": agreed,
+        "served_where_gpt4o_replied_in_text": sum(1 for r in served_recs if not r["teacher_called"]),
+        "stored_routes": len(routes),
+        "fallbacks": dict(sorted(fallbacks.items())),
+        "latency_ms_p50": {path: _p50(values) for path, values in latency.items()},  # as the agent sees it
+        "threshold": threshold,
+        "specialist": {
+            "id": specialist.id,
+            "student": specialist.base_model,
+            "adapter": specialist.adapter_path,
+        },
+        "train": {
+            "minutes": round(result.seconds / 60, 2),
+            "tokens": result.tokens,
+            "tokens_per_s": round(result.tokens_per_s, 1),
+            "examples": result.examples,
+            "epochs": round(result.epochs, 3),
+            "final_loss": round(result.final_loss, 4),
+        },
+        "eval_test_tool_calls": {k: v for k, v in report["test_tool_calls"].items() if k != "curve"},
+        "wall_minutes": round((time.perf_counter() - wall) / 60, 2),
+        "run_id": run_id,
+    }
+    summary_path = home() / "reports" / "demo-summary.json"
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary, indent=2))
+    _say(
+        f"served {served}/{tool_call_count} tool calls ({summary['served_share']:.1%}), agreement with gpt-4o "
+        f"{summary['agreement'] if served else 'n/a'} (lower95 {summary['agreement_lower95']}); fallbacks {summary['fallbacks']}; "
+        f"wall {summary['wall_minutes']} min; summary: {summary_path}"
+    )
+    return summary
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,51 @@
+"""Running the gateway: uvicorn with one worker, uvloop and httptools when installed, no access log.
+
+uvicorn traps SIGINT/SIGTERM, stops accepting, lets open requests finish (for at most
+`GRACEFUL_SHUTDOWN_S`), then runs the app's lifespan shutdown, which drains the exchange writer
+into the store before the process exits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+from downsize.config import GatewayConfig
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from downsize.route.router import Router
+    from downsize.store.store import Store
+
+GRACEFUL_SHUTDOWN_S = 30
+
+
+def uvicorn_config(config: GatewayConfig, app: Any, **overrides: Any) -> uvicorn.Config:
+    """The uvicorn settings the gateway runs under (tests use the same, on their own socket)."""
+    import uvicorn
+
+    settings: dict[str, Any] = {
+        "host": config.host,
+        "port": config.port,
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+        "lifespan": "on",
+        "access_log": False,
+        "workers": 1,
+        "server_header": False,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        "log_level": "info",
+    }
+    settings.update(overrides)
+    return uvicorn.Config(app, **settings)
+
+
+def serve(config: GatewayConfig, store: Store, router: Router | None = None) -> None:
+    """Serve the gateway on config.host:config.port until interrupted; exchanges are drained on the way out."""
+    import uvicorn
+
+    from downsize.gateway.app import create_app
+
+    app = create_app(config, store, router)
+    uvicorn.Server(uvicorn_config(config, app)).run()

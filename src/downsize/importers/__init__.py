@@ -1,0 +1,1 @@
+"""Importers bring existing agent logs into the store as exchanges."""

@@ -1,0 +1,128 @@
+"""The router: one confidence score, one calibrated threshold, strict validation, fallback otherwise.
+
+For a request the live specialist applies to (same tool set as the task it was trained on), the
+specialist generates one tool call under a grammar (a known tool name, then a JSON object), the call
+is validated against that tool's JSON schema, and it is served only when its confidence (the lowest
+token log-probability of the generated call) clears the threshold calibrated on held-out calls.
+Anything else is forwarded upstream, and the reason is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from downsize.route.validate import validate_call
+from downsize.shapes import completion, tool_names
+from downsize.types import RouteDecision, Specialist, ToolCall
+
+
+@dataclass
+class Generation:
+    """What a specialist runtime produced for one request."""
+
+    text: str
+    call: ToolCall | None  # parsed call when the text parsed, else None
+    min_logprob: float  # lowest log-probability of any generated token (-inf when aborted early)
+    mean_logprob: float
+    tokens: int
+    stopped_early: bool = False  # generation was cut because confidence fell below the floor
+
+
+class SpecialistRuntime(Protocol):
+    """Generates one tool call for a chat request (transformers today; llama.cpp or vLLM later)."""
+
+    def generate(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], stop_below: float | None = None
+    ) -> Generation: ...
+
+
+@dataclass
+class RouteOutcome:
+    """The router's answer: a decision (None when no specialist applies) and, if served, the response."""
+
+    decision: RouteDecision | None
+    response: dict[str, Any] | None = None
+    specialist_id: int | None = None
+
+
+@dataclass
+class Router:
+    """Routes requests to one live specialist when it applies and is confident; otherwise upstream."""
+
+    specialist: Specialist
+    runtime: SpecialistRuntime
+    threshold: float
+    task_tools: frozenset[str] = field(default_factory=frozenset)
+
+    def applies(self, request: dict[str, Any]) -> str | None:
+        """None when the specialist may answer this request, else the reason it may not."""
+        names = frozenset(tool_names(request))
+        if not names:
+            return "no_tools"
+        if self.task_tools and names != self.task_tools:
+            return "other_task"
+        if request.get("tool_choice") == "none":
+            return "tool_choice_none"
+        if (request.get("n") or 1) != 1:
+            return "n_not_1"
+        return None
+
+    def route(self, request: dict[str, Any]) -> RouteOutcome:
+        not_applicable = self.applies(request)
+        if not_applicable is not None:
+            return RouteOutcome(decision=None)
+        started = time.perf_counter()
+        decision = RouteDecision(
+            served=False, reason="", specialist=str(self.specialist.id), threshold=self.threshold
+        )
+        try:
+            gen = self.runtime.generate(request["messages"], request["tools"], stop_below=self.threshold)
+        except Exception as exc:  # any runtime failure must fall back, never fail the agent's call
+            decision.reason = "specialist_error"
+            decision.candidate = f"{type(exc).__name__}: {exc}"[:500]
+            decision.latency_ms = (time.perf_counter() - started) * 1000
+            return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
+        decision.latency_ms = (time.perf_counter() - started) * 1000
+        decision.confidence = gen.min_logprob
+        decision.candidate = gen.text[:2000]
+        if gen.stopped_early:
+            decision.reason = "low_confidence"
+            return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
+        problem = validate_call(gen.call, request["tools"]) if gen.call else "incomplete"
+        if problem is None and gen.min_logprob < self.threshold:
+            decision.reason = "low_confidence"
+            return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
+        if problem:
+            decision.reason = "invalid_output:" + problem.split(":", 1)[0]
+            decision.candidate = f"{gen.text[:1500]} [{problem}]"
+            return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
+        assert gen.call is not None
+        decision.served = True
+        decision.reason = "served"
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": f"call_ds_{uuid.uuid4().hex[:20]}",
+                    "type": "function",
+                    "function": {
+                        "name": gen.call.name,
+                        "arguments": json.dumps(gen.call.arguments, ensure_ascii=False),
+                    },
+                }
+            ],
+        }
+        response = completion(
+            message,
+            f"downsize/{self.specialist.name}",
+            int(time.time()),
+            f"chatcmpl-ds-{uuid.uuid4().hex[:24]}",
+        )
+        response["usage"] = {"prompt_tokens": 0, "completion_tokens": gen.tokens, "total_tokens": gen.tokens}
+        response["system_fingerprint"] = f"downsize-specialist-{self.specialist.id}"
+        return RouteOutcome(decision=decision, response=response, specialist_id=self.specialist.id)

@@ -1,0 +1,53 @@
+"""Ordered, recorded schema migrations (the store migrates itself on open, as simonw/llm does).
+
+Each migration runs once, inside a transaction, and is recorded in `_migrations`. Append new
+ones to MIGRATIONS; never edit one that has shipped. Later migrations must tolerate running on a
+database created by migration 1 from the current metadata (use `add_column_if_missing`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, inspect, select, text
+
+from downsize.store import schema
+
+_meta = MetaData()
+applied = Table(
+    "_migrations",
+    _meta,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("applied_at", String(32), nullable=False),
+)
+
+
+def m001_initial(conn: Connection) -> None:
+    schema.metadata.create_all(conn)
+
+
+def add_column_if_missing(conn: Connection, table: str, column: str, ddl_type: str) -> None:
+    names = {c["name"] for c in inspect(conn).get_columns(table)}
+    if column not in names:
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl_type}"))
+
+
+MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
+    ("m001_initial", m001_initial),
+]
+
+
+def migrate(conn: Connection) -> list[str]:
+    """Apply every migration not yet recorded; returns the names applied now."""
+    _meta.create_all(conn)
+    done = {row.name for row in conn.execute(select(applied.c.name))}
+    ran = []
+    for number, (name, step) in enumerate(MIGRATIONS, start=1):
+        if name in done:
+            continue
+        step(conn)
+        conn.execute(applied.insert().values(id=number, name=name, applied_at=datetime.now(UTC).isoformat()))
+        ran.append(name)
+    return ran

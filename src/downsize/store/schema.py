@@ -1,0 +1,78 @@
+"""Tables of the store (SQLAlchemy Core). Change them only through a new migration."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+exchanges = Table(
+    "exchanges",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", String(32), nullable=False),
+    Column("source", String(32), nullable=False),  # gateway | tau-airline | openai-jsonl | ...
+    Column("source_key", String(200), unique=True),  # idempotent imports: one row per source record
+    Column("agent", String(200)),
+    Column("session", String(200)),
+    Column("task_hint", String(200)),
+    Column("model", String(200)),
+    Column("request", JSON, nullable=False),
+    Column("response", JSON),
+    Column("response_kind", String(16)),  # tool_call | text | json | error | empty
+    Column("tool_names", Text),  # comma-separated names of the tools called, in order
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("latency_ms", Float),
+    Column("upstream_status", Integer),
+    Column("route", String(200)),  # upstream | specialist:<id> | fallback:<reason>
+    Column("cost_estimate", Float),
+    Column("is_hci", Boolean),  # a text reply to a human, not a machine-facing call
+    Column("outcome", Float),  # workflow outcome reported later (1.0 = success)
+    Column("split", String(8)),  # dev | test, when the source defines one
+)
+Index("ix_exchanges_session", exchanges.c.session)
+Index("ix_exchanges_source_split", exchanges.c.source, exchanges.c.split)
+
+specialists = Table(
+    "specialists",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("task", String(200), nullable=False),
+    Column("base_model", String(500), nullable=False),
+    Column("adapter_path", Text, nullable=False),
+    Column("config", JSON, nullable=False),
+    Column("data_hash", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # candidate | shadow | canary | live | retired
+    Column("threshold", Float),
+    Column("metrics", JSON),
+    Column("created_at", String(32), nullable=False),
+)
+
+route_decisions = Table(
+    "route_decisions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("exchange_id", Integer, ForeignKey("exchanges.id"), nullable=False),
+    Column("specialist_id", Integer, ForeignKey("specialists.id")),
+    Column("served", Boolean, nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("confidence", Float),
+    Column("threshold", Float),
+    Column("candidate", Text),  # the specialist's generated call, served or not
+    Column("latency_ms", Float),
+)
+Index("ix_route_decisions_exchange", route_decisions.c.exchange_id)

@@ -1,0 +1,238 @@
+"""Store over SQLAlchemy Core: SQLite in WAL mode by default, any SQLAlchemy URL (PostgreSQL) for scale."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from downsize.config import default_db_url
+from downsize.errors import NoSpecialistError, StoreError
+from downsize.store import schema
+from downsize.store.migrations import migrate
+from downsize.types import Exchange, RouteDecision, Specialist
+
+_EXCHANGE_FIELDS = [c.name for c in schema.exchanges.columns if c.name != "id"]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Store:
+    """All reads and writes of downsize's data go through here. Open with `Store.open(url)`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str | None = None) -> Store:
+        """Open (and create or migrate) the store at a SQLAlchemy URL; default $DOWNSIZE_HOME/downsize.db."""
+        url = url or default_db_url()
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            engine = create_engine(url)
+            if engine.dialect.name == "sqlite":
+                event.listen(engine, "connect", _sqlite_pragmas)
+            with engine.begin() as conn:
+                migrate(conn)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the store at {url}: {exc}") from exc
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- exchanges -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _row(ex: Exchange) -> dict[str, Any]:
+        row = {name: getattr(ex, name) for name in _EXCHANGE_FIELDS if name != "tool_names"}
+        row["tool_names"] = ",".join(ex.tool_names) if ex.tool_names else None
+        row["created_at"] = ex.created_at or now_iso()
+        return row
+
+    def add_exchanges(self, exchanges: Iterable[Exchange]) -> int:
+        """Insert exchanges; ones whose `source_key` is already stored are skipped. Returns rows added."""
+        rows = [self._row(ex) for ex in exchanges]
+        if not rows:
+            return 0
+        stmt = insert(schema.exchanges)
+        if self.engine.dialect.name == "sqlite":
+            stmt = stmt.prefix_with("OR IGNORE")
+        elif self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt = pg_insert(schema.exchanges).on_conflict_do_nothing(index_elements=["source_key"])
+        try:
+            with self.engine.begin() as conn:
+                before = conn.execute(select(func.count()).select_from(schema.exchanges)).scalar_one()
+                conn.execute(stmt, rows)
+                after = conn.execute(select(func.count()).select_from(schema.exchanges)).scalar_one()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot write exchanges: {exc}") from exc
+        return int(after - before)
+
+    def record(self, exchange: Exchange, decision: RouteDecision | None, specialist_id: int | None) -> int:
+        """Store one exchange and its route decision in one transaction; returns the exchange id."""
+        return self.record_many([(exchange, decision, specialist_id)])[0]
+
+    def record_many(self, items: list[tuple[Exchange, RouteDecision | None, int | None]]) -> list[int]:
+        """Batch form of `record`, one transaction for the whole batch (the gateway's writer uses it)."""
+        ids = []
+        try:
+            with self.engine.begin() as conn:
+                for exchange, decision, specialist_id in items:
+                    result = conn.execute(insert(schema.exchanges).values(**self._row(exchange)))
+                    exchange_id = _inserted_id(result)
+                    ids.append(exchange_id)
+                    if decision is not None and decision.specialist is not None:
+                        conn.execute(
+                            insert(schema.route_decisions).values(
+                                exchange_id=exchange_id,
+                                specialist_id=specialist_id,
+                                served=decision.served,
+                                reason=decision.reason,
+                                confidence=decision.confidence,
+                                threshold=decision.threshold,
+                                candidate=decision.candidate,
+                                latency_ms=decision.latency_ms,
+                            )
+                        )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record exchanges: {exc}") from exc
+        return ids
+
+    def exchanges(
+        self,
+        source: str | None = None,
+        split: str | None = None,
+        response_kind: str | None = None,
+        is_hci: bool | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Exchange]:
+        """Exchanges in insertion order, filtered by the given columns."""
+        q = select(schema.exchanges).order_by(schema.exchanges.c.id)
+        for col, value in (
+            ("source", source),
+            ("split", split),
+            ("response_kind", response_kind),
+            ("is_hci", is_hci),
+        ):
+            if value is not None:
+                q = q.where(schema.exchanges.c[col] == value)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            for row in conn.execute(q).mappings():
+                data = dict(row)
+                data["tool_names"] = data["tool_names"].split(",") if data["tool_names"] else []
+                yield Exchange(**data)
+
+    def count_exchanges(self, **where: Any) -> int:
+        q = select(func.count()).select_from(schema.exchanges)
+        for col, value in where.items():
+            q = q.where(schema.exchanges.c[col] == value)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def route_decisions(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [
+                dict(r)
+                for r in conn.execute(
+                    select(schema.route_decisions).order_by(schema.route_decisions.c.id)
+                ).mappings()
+            ]
+
+    # -- specialists -----------------------------------------------------------------------------
+
+    def add_specialist(self, sp: Specialist) -> int:
+        values = {
+            "name": sp.name,
+            "task": sp.task,
+            "base_model": sp.base_model,
+            "adapter_path": sp.adapter_path,
+            "config": sp.config,
+            "data_hash": sp.data_hash,
+            "status": sp.status,
+            "threshold": sp.threshold,
+            "metrics": sp.metrics,
+            "created_at": sp.created_at or now_iso(),
+        }
+        with self.engine.begin() as conn:
+            sp.id = _inserted_id(conn.execute(insert(schema.specialists).values(**values)))
+        return sp.id
+
+    @staticmethod
+    def _specialist(row: Any) -> Specialist:
+        data = dict(row)
+        data["metrics"] = data["metrics"] or {}
+        return Specialist(**data)
+
+    def specialists(self, status: str | None = None) -> list[Specialist]:
+        q = select(schema.specialists).order_by(schema.specialists.c.id)
+        if status:
+            q = q.where(schema.specialists.c.status == status)
+        with self.engine.connect() as conn:
+            return [self._specialist(r) for r in conn.execute(q).mappings()]
+
+    def specialist(self, ref: int | str | None = None) -> Specialist:
+        """A specialist by id or name (the newest version of that name); None means the newest of all."""
+        q = select(schema.specialists).order_by(schema.specialists.c.id.desc()).limit(1)
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            q = q.where(schema.specialists.c.id == int(ref))
+        elif ref:
+            q = q.where(schema.specialists.c.name == ref)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        if row is None:
+            what = f"specialist {ref!r}" if ref else "any specialist"
+            raise NoSpecialistError(f"no {what} in the store: run `downsize train` first")
+        return self._specialist(row)
+
+    def update_specialist(self, specialist_id: int, **values: Any) -> None:
+        allowed = {"status", "threshold", "metrics"}
+        bad = set(values) - allowed
+        if bad:
+            raise StoreError(f"cannot update specialist fields {sorted(bad)}")
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(schema.specialists).where(schema.specialists.c.id == specialist_id).values(**values)
+            )
+
+    def set_live(self, specialist_id: int) -> None:
+        """Make one specialist live for its task; any other live version of the task is retired."""
+        sp = self.specialist(specialist_id)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(schema.specialists)
+                .where(schema.specialists.c.task == sp.task, schema.specialists.c.status == "live")
+                .values(status="retired")
+            )
+            conn.execute(
+                update(schema.specialists)
+                .where(schema.specialists.c.id == specialist_id)
+                .values(status="live")
+            )
+
+
+def _inserted_id(result: Any) -> int:
+    key = result.inserted_primary_key
+    if key is None:
+        raise StoreError("the database did not return the id of the inserted row")
+    return int(key[0])

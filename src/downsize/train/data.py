@@ -1,0 +1,69 @@
+"""Supervised examples from logged exchanges: pruned prompt in the student's chat template, teacher's call as target."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from downsize.backends.transformers_runtime import build_prompt, end_of_turn
+from downsize.config import TrainConfig
+from downsize.prompting import PromptBudget, render_target
+from downsize.shapes import response_message, tool_calls
+from downsize.splits import dev_role
+from downsize.store import Store
+from downsize.types import Exchange
+
+
+@dataclass
+class Example:
+    exchange_id: int | None
+    prompt_ids: list[int]
+    target_ids: list[int]
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.target_ids)
+
+
+def training_exchanges(
+    store: Store, config: TrainConfig, role: str = "train", source: str | None = None
+) -> list[Exchange]:
+    """Dev-split, machine-facing tool-call exchanges in the given role (train or validation)."""
+    out = []
+    for ex in store.exchanges(source=source, split="dev", response_kind="tool_call"):
+        if ex.is_hci:
+            continue
+        if dev_role(ex, config.validation_fraction) == role:
+            out.append(ex)
+    return out
+
+
+def build_examples(
+    exchanges: list[Exchange], tokenizer: Any, config: TrainConfig
+) -> tuple[list[Example], int]:
+    """Tokenised examples (loss on the target only) and how many were skipped for a too-long target."""
+    budget = PromptBudget(config.max_prompt_tokens, config.max_message_tokens)
+    eot = end_of_turn(tokenizer)
+    examples, skipped = [], 0
+    for ex in exchanges:
+        calls = tool_calls(response_message(ex.response))
+        if not calls:
+            continue
+        prompt = build_prompt(tokenizer, ex.request.get("messages") or [], budget)
+        target_ids = list(tokenizer.encode(render_target(calls[0]) + eot, add_special_tokens=False))
+        if len(target_ids) > config.max_target_tokens:
+            skipped += 1
+            continue
+        prompt_ids = list(tokenizer.encode(prompt, add_special_tokens=False))
+        examples.append(Example(ex.id, prompt_ids, target_ids))
+    return examples, skipped
+
+
+def data_hash(examples: list[Example]) -> str:
+    """Hash of exactly what the model is trained on (token ids), recorded with every adapter."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex.prompt_ids, ex.target_ids]).encode())
+    return h.hexdigest()

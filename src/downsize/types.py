@@ -1,0 +1,88 @@
+"""Records that move between stages. Standard library only."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ResponseKind = Literal["tool_call", "text", "json", "error", "empty"]
+Split = Literal["dev", "test"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call: a tool name and its arguments as a parsed JSON object."""
+
+    name: str
+    arguments: dict[str, Any]
+
+    def canonical(self) -> str:
+        """JSON-normalised form used for exact agreement (key order and spacing ignored)."""
+        return json.dumps(
+            {"name": self.name, "arguments": self.arguments}, sort_keys=True, separators=(",", ":")
+        )
+
+
+@dataclass
+class Exchange:
+    """One LLM call an agent made: the request it sent and the response it got."""
+
+    request: dict[str, Any]
+    response: dict[str, Any] | None
+    id: int | None = None
+    created_at: str | None = None
+    source: str = "gateway"
+    source_key: str | None = None
+    agent: str | None = None
+    session: str | None = None
+    task_hint: str | None = None
+    model: str | None = None
+    response_kind: ResponseKind | None = None
+    tool_names: list[str] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: float | None = None
+    upstream_status: int | None = None
+    route: str | None = None
+    cost_estimate: float | None = None
+    is_hci: bool | None = None
+    outcome: float | None = None
+    split: Split | None = None
+
+
+@dataclass
+class RouteDecision:
+    """What the router did with one request, and why."""
+
+    served: bool
+    reason: str
+    specialist: str | None = None
+    confidence: float | None = None
+    threshold: float | None = None
+    candidate: str | None = None
+    latency_ms: float | None = None
+
+    @property
+    def route(self) -> str:
+        """The `route` column of the exchange: `specialist:<id>` or `fallback:<reason>` or `upstream`."""
+        if self.served:
+            return f"specialist:{self.specialist}"
+        return f"fallback:{self.reason}" if self.specialist else "upstream"
+
+
+@dataclass
+class Specialist:
+    """A trained small model for one task, with what made it and how it scored."""
+
+    name: str
+    task: str
+    base_model: str
+    adapter_path: str
+    config: dict[str, Any]
+    data_hash: str
+    id: int | None = None
+    status: str = "candidate"
+    threshold: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created_at: str | None = None

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from downsize.evaluate.metrics import Scored, at_threshold, calibrate, curve, exact_match, wilson_lower
+from downsize.types import ToolCall
+
+
+def test_wilson_lower_bound_hand_checked() -> None:
+    assert wilson_lower(0, 0) == 0.0
+    # 95/100: Wilson 95% interval is [0.8882, 0.9785]
+    assert wilson_lower(95, 100) == pytest.approx(0.8882, abs=1e-4)
+    assert wilson_lower(10, 10) == pytest.approx(0.7225, abs=1e-4)
+
+
+def test_exact_match_is_json_normalised() -> None:
+    a = ToolCall("f", {"x": 1, "y": {"b": 2, "a": [1, 2]}})
+    b = ToolCall("f", {"y": {"a": [1, 2], "b": 2}, "x": 1})
+    assert exact_match(a, b)
+    assert not exact_match(a, ToolCall("f", {"x": 2, "y": {"b": 2, "a": [1, 2]}}))
+    assert not exact_match(a, None)  # the teacher answered in text
+
+
+def _items() -> list[Scored]:
+    # confidence, valid, agrees, teacher_called
+    rows = [(-0.01, True, True, True)] * 20 + [(-0.5, True, False, True)] * 2 + [(-0.5, True, True, True)] * 8
+    rows += (
+        [(-2.0, True, False, False)] * 10
+        + [(-0.02, False, False, True)] * 5
+        + [(-math.inf, False, False, True)]
+    )
+    return [Scored(*r) for r in rows]
+
+
+def test_curve_and_calibration() -> None:
+    items = _items()
+    points = curve(items)
+    assert [p.served for p in points] == [20, 30, 40]  # invalid calls are never served; ties enter together
+    assert points[0].agreement == 1.0 and points[1].agreement == pytest.approx(28 / 30)
+    assert points[0].coverage == pytest.approx(20 / 36)  # over the teacher's tool calls
+    assert calibrate(items, 0.95) == -0.01
+    assert calibrate(items, 0.90) == -0.5
+    assert calibrate(items, 0.95, min_served=25) is None
+    served = at_threshold(items, -0.5)
+    assert served["served"] == 30 and served["agreed"] == 28 and served["tool_calls"] == 36
+    assert at_threshold(items, None)["served"] == 0

@@ -1,0 +1,122 @@
+"""Router decisions with a scripted runtime: this tests the decision logic, not a model."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+from downsize.route.router import Generation, Router
+from downsize.types import Specialist, ToolCall
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_user_details",
+            "parameters": {
+                "type": "object",
+                "properties": {"user_id": {"type": "string"}},
+                "required": ["user_id"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "think",
+            "parameters": {"type": "object", "properties": {"thought": {"type": "string"}}},
+        },
+    },
+]
+REQUEST = {"model": "gpt-4o", "messages": [{"role": "user", "content": "my id is u1"}], "tools": TOOLS}
+
+
+class Scripted:
+    def __init__(self, gen: Generation | Exception) -> None:
+        self.gen = gen
+        self.calls = 0
+
+    def generate(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], stop_below: float | None = None
+    ) -> Generation:
+        self.calls += 1
+        if isinstance(self.gen, Exception):
+            raise self.gen
+        return self.gen
+
+
+def router(gen: Generation | Exception, threshold: float = -0.5) -> Router:
+    sp = Specialist("tau", "tau", "smollm2-135m", "/x", {}, "h", id=7)
+    return Router(
+        specialist=sp,
+        runtime=Scripted(gen),
+        threshold=threshold,
+        task_tools=frozenset({"get_user_details", "think"}),
+    )
+
+
+def gen(text: str, min_lp: float, call: ToolCall | None = None, stopped: bool = False) -> Generation:
+    return Generation(
+        text=text, call=call, min_logprob=min_lp, mean_logprob=min_lp, tokens=5, stopped_early=stopped
+    )
+
+
+def test_confident_valid_call_is_served_as_openai_tool_call() -> None:
+    call = ToolCall("get_user_details", {"user_id": "u1"})
+    out = router(gen('get_user_details {"user_id":"u1"}', -0.1, call)).route(REQUEST)
+    assert out.decision is not None and out.decision.served and out.decision.route == "specialist:7"
+    message = out.response["choices"][0]["message"]
+    assert out.response["choices"][0]["finish_reason"] == "tool_calls"
+    fn = message["tool_calls"][0]["function"]
+    assert fn["name"] == "get_user_details" and json.loads(fn["arguments"]) == {"user_id": "u1"}
+
+
+@pytest.mark.parametrize(
+    ("generation", "reason"),
+    [
+        (
+            gen("get_user_details {}", -0.1, ToolCall("get_user_details", {})),
+            "invalid_output:missing_required",
+        ),
+        (
+            gen('get_user_details {"user_id":3}', -0.1, ToolCall("get_user_details", {"user_id": 3})),
+            "invalid_output:schema",
+        ),
+        (gen('nope {"a":1}', -0.1, ToolCall("nope", {"a": 1})), "invalid_output:unknown_tool"),
+        (gen('get_user_details {"user', -0.1, None), "invalid_output:incomplete"),
+        (
+            gen('get_user_details {"user_id":"u1"}', -0.9, ToolCall("get_user_details", {"user_id": "u1"})),
+            "low_confidence",
+        ),
+        (gen("get_", -math.inf, None, stopped=True), "low_confidence"),
+        (RuntimeError("model exploded"), "specialist_error"),
+    ],
+)
+def test_falls_back_when_invalid_unconfident_or_broken(
+    generation: Generation | Exception, reason: str
+) -> None:
+    out = router(generation).route(REQUEST)
+    assert out.decision is not None and not out.decision.served
+    assert out.decision.reason == reason
+    assert out.response is None
+    assert out.decision.route == f"fallback:{reason}"
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"tools": None}, "no_tools"),
+        ({"tools": TOOLS[:1]}, "other_task"),
+        ({"tool_choice": "none"}, "tool_choice_none"),
+        ({"n": 2}, "n_not_1"),
+    ],
+)
+def test_does_not_apply_outside_its_task(change: dict[str, Any], why: str) -> None:
+    r = router(gen("x", 0.0))
+    request = {**REQUEST, **change}
+    assert r.applies(request) == why
+    assert r.route(request).decision is None
+    assert r.runtime.calls == 0  # type: ignore[attr-defined]

@@ -1,0 +1,71 @@
+"""The transformers runtime on the real 135M student: grammar-constrained, early-stopping, batch-consistent."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from downsize.prompting import PromptBudget
+from downsize.route.validate import validate_call
+
+pytestmark = pytest.mark.slow
+
+TOOLS = json.loads((Path(__file__).resolve().parents[2] / "shared/data/tau-airline/tools.json").read_text())
+NAMES = {t["function"]["name"] for t in TOOLS}
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi, my user id is mia_li_3668. Please show my profile."}],
+    [
+        {"role": "user", "content": "I want to cancel reservation ZFA04Y."},
+        {"role": "assistant", "content": "Sure, may I have your user id?"},
+        {"role": "user", "content": "It's raj_sanchez_7340."},
+    ],
+    [{"role": "user", "content": "What is 23 * 19?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory):
+    import os
+
+    os.environ["DOWNSIZE_MODELS"] = str(tmp_path_factory.mktemp("models"))
+    from downsize.backends.transformers_runtime import TransformersRuntime
+
+    return TransformersRuntime("smollm2-135m", budget=PromptBudget(128, 64), max_new_tokens=48)
+
+
+def test_output_stays_inside_the_tool_call_grammar(runtime) -> None:
+    for gen in runtime.generate_batch([(m, TOOLS) for m in CONVERSATIONS]):
+        name = gen.text.split(" ", 1)[0]
+        assert any(n.startswith(name) for n in NAMES)  # even an untrained model only ever names real tools
+        assert gen.tokens >= 1 and gen.min_logprob <= gen.mean_logprob <= 0.0
+        if gen.call is not None:  # a finished call parsed as name + JSON object
+            assert gen.call.name in NAMES and isinstance(gen.call.arguments, dict)
+            problem = validate_call(gen.call, TOOLS)
+            assert problem is None or problem.split(":")[0] in ("missing_required", "schema")
+
+
+def test_batched_and_single_generation_agree(runtime) -> None:
+    batched = runtime.generate_batch([(m, TOOLS) for m in CONVERSATIONS])
+    for messages, together in zip(CONVERSATIONS, batched, strict=True):
+        alone = runtime.generate(messages, TOOLS)
+        assert alone.text == together.text
+        assert alone.min_logprob == pytest.approx(together.min_logprob, abs=1e-3)
+
+
+def test_generation_stops_as_soon_as_confidence_falls_below_the_floor(runtime) -> None:
+    fulls = [runtime.generate(m, TOOLS) for m in CONVERSATIONS]
+    messages, full = next((m, g) for m, g in zip(CONVERSATIONS, fulls, strict=True) if g.tokens > 1)
+    cut = runtime.generate(messages, TOOLS, stop_below=0.0)  # no token can reach log-prob 0
+    assert cut.stopped_early and cut.tokens == 1 and cut.call is None
+    assert not full.stopped_early and math.isfinite(full.min_logprob)
+
+
+def test_constrained_decoding_always_finds_a_grammatical_continuation(runtime) -> None:
+    # the untrained base model almost never ranks a tool name in its top k; the decoder must still
+    # produce a call inside the grammar, by searching the rest of the vocabulary
+    for gen in runtime.generate_batch([(m, TOOLS) for m in CONVERSATIONS]):
+        assert gen.tokens > 1 and math.isfinite(gen.min_logprob)
+        assert gen.call is not None or gen.tokens == runtime.max_new_tokens
