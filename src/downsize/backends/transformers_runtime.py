@@ -139,7 +139,8 @@ class TransformersRuntime:
                     if chosen is None:  # rare: search the whole vocabulary, most likely first
                         ranked = torch.argsort(step_logp[row], descending=True)[self.top_k :]
                         chosen = self._first_grammatical(grammars[row], ranked.tolist(), None, step_logp[row])
-                    if chosen is None:  # nothing in the vocabulary continues the call (cannot happen for JSON)
+                    # nothing in the vocabulary continues the call (cannot happen for JSON)
+                    if chosen is None:
                         finished[row] = True
                         logps[row].append(-math.inf)
                         next_ids.append(self.pad_id)
