@@ -18,8 +18,8 @@ _meta = MetaData()
 applied = Table(
     "_migrations",
     _meta,
-    Column("id", Integer, primary_key=True),
-    Column("name", String(200), nullable=False),
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
     Column("applied_at", String(32), nullable=False),
 )
 
@@ -44,10 +44,10 @@ def migrate(conn: Connection) -> list[str]:
     _meta.create_all(conn)
     done = {row.name for row in conn.execute(select(applied.c.name))}
     ran = []
-    for number, (name, step) in enumerate(MIGRATIONS, start=1):
+    for name, step in MIGRATIONS:
         if name in done:
             continue
         step(conn)
-        conn.execute(applied.insert().values(id=number, name=name, applied_at=datetime.now(UTC).isoformat()))
+        conn.execute(applied.insert().values(name=name, applied_at=datetime.now(UTC).isoformat()))
         ran.append(name)
     return ran
