@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -17,19 +16,27 @@ from typing import Any
 
 import openai
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 
 from downsize.backends.upstream import reassemble_stream
 from downsize.config import GatewayConfig
 from downsize.errors import StoreError
 from downsize.gateway.app import create_app
-from downsize.gateway.server import uvicorn_config
 from downsize.gateway.writer import ExchangeWriter, Record
 from downsize.route.router import Generation, Router
 from downsize.store.store import Store
 from downsize.types import Exchange, Specialist, ToolCall
-from upstream_stub import MISSING_MODEL, MODEL, TEXT, TOOL_ARGS, TOOL_NAME, USAGE, StubUpstream
+from upstream_stub import (
+    MISSING_MODEL,
+    MODEL,
+    TEXT,
+    TOOL_ARGS,
+    TOOL_NAME,
+    USAGE,
+    RunningServer,
+    StubUpstream,
+    free_socket,
+)
 
 API_KEY = "sk-test-PLANTED-7f3a9c1e5b2d4f6a8c0e"
 MAX_BODY = 64 * 1024
@@ -53,11 +60,7 @@ MESSAGES: Any = [
 ]
 
 
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
+_free_socket = free_socket
 
 
 @dataclass
@@ -73,29 +76,6 @@ class Gateway:
     def exchanges(self) -> list[Exchange]:
         assert self.app.state.writer.flush(10)
         return list(self.store.exchanges())
-
-
-class RunningServer:
-    """uvicorn serving `app` from a daemon thread, with the gateway's own uvicorn settings."""
-
-    def __init__(self, config: GatewayConfig, app: Starlette) -> None:
-        self.sock = _free_socket()
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn_config(config, app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.005)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 @pytest.fixture(autouse=True)
@@ -465,7 +445,11 @@ class FakeRuntime:
         self.threads: list[str] = []
 
     def generate(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], stop_below: float | None = None
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        stop_below: float | None = None,
+        tool: str | None = None,
     ) -> Generation:
         self.threads.append(threading.current_thread().name)
         return self.generation

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from downsize.prompting import TEXT_REPLY
+from downsize.route.gate import TaskGate
 from downsize.route.router import Generation, Router
 from downsize.types import Specialist, ToolCall
 
@@ -40,9 +42,14 @@ class Scripted:
         self.calls = 0
 
     def generate(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], stop_below: float | None = None
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        stop_below: float | None = None,
+        tool: str | None = None,
     ) -> Generation:
         self.calls += 1
+        self.tool = tool
         if isinstance(self.gen, Exception):
             raise self.gen
         return self.gen
@@ -120,3 +127,39 @@ def test_does_not_apply_outside_its_task(change: dict[str, Any], why: str) -> No
     assert r.applies(request) == why
     assert r.route(request).decision is None
     assert r.runtime.calls == 0  # type: ignore[attr-defined]
+
+
+def _gate() -> TaskGate:
+    texts = [f"LAST user: my user id is user_{i}" for i in range(20)] + [
+        f"LAST user: hello, how are you {i}" for i in range(20)
+    ]
+    labels = ["get_user_details"] * 20 + [TEXT_REPLY] * 20
+    return TaskGate.fit(texts, labels)
+
+
+def test_gate_defers_text_turns_without_running_the_student() -> None:
+    r = router(gen("x", 0.0), threshold=-0.7)
+    r.gate = _gate()
+    out = r.route({**REQUEST, "messages": [{"role": "user", "content": "hello, how are you"}]})
+    assert out.decision is not None and out.decision.reason == "gate_text" and not out.decision.served
+    assert r.runtime.calls == 0  # type: ignore[attr-defined]
+
+
+def test_gate_chooses_the_tool_and_the_student_fills_arguments() -> None:
+    call = ToolCall("get_user_details", {"user_id": "u1"})
+    r = router(gen('get_user_details {"user_id":"u1"}', -0.05, call), threshold=-0.7)
+    r.gate = _gate()
+    out = r.route({**REQUEST, "messages": [{"role": "user", "content": "my user id is u1"}]})
+    assert r.runtime.tool == "get_user_details"  # type: ignore[attr-defined]
+    assert out.decision is not None and out.decision.served
+    assert out.decision.confidence is not None and -0.7 < out.decision.confidence <= -0.05
+
+
+def test_gate_round_trips_through_its_file(tmp_path) -> None:
+    gate = _gate()
+    gate.save(tmp_path)
+    again = TaskGate.load(tmp_path)
+    assert again is not None
+    text = "LAST user: my user id is someone_9"
+    assert again.decide_texts([text])[0] == gate.decide_texts([text])[0]
+    assert TaskGate.load(tmp_path / "missing") is None

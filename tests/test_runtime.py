@@ -69,3 +69,15 @@ def test_constrained_decoding_always_finds_a_grammatical_continuation(runtime) -
     for gen in runtime.generate_batch([(m, TOOLS) for m in CONVERSATIONS]):
         assert gen.tokens > 1 and math.isfinite(gen.min_logprob)
         assert gen.call is not None or gen.tokens == runtime.max_new_tokens
+
+
+def test_a_chosen_tool_fixes_the_name_and_only_arguments_are_generated(runtime) -> None:
+    free = runtime.generate(CONVERSATIONS[0], TOOLS)
+    fixed = runtime.generate(CONVERSATIONS[0], TOOLS, tool="get_user_details")
+    assert fixed.text.startswith("get_user_details ")
+    assert fixed.call is None or fixed.call.name == "get_user_details"
+    name_tokens = len(runtime.tokenizer.encode("get_user_details", add_special_tokens=False))
+    assert fixed.tokens <= runtime.max_new_tokens and fixed.tokens >= 1
+    assert free.tokens >= 1 and name_tokens >= 1
+    with pytest.raises(ValueError, match="not offered"):
+        runtime.generate(CONVERSATIONS[0], TOOLS, tool="no_such_tool")

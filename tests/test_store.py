@@ -7,6 +7,7 @@ import pytest
 
 from downsize.errors import NoSpecialistError
 from downsize.store import Store
+from downsize.store.migrations import MIGRATIONS
 from downsize.types import Exchange, RouteDecision, Specialist
 
 
@@ -54,7 +55,8 @@ def test_reopen_keeps_data_and_does_not_rerun_migrations(tmp_path: Path) -> None
     again = Store.open(url)
     assert again.count_exchanges() == 1
     with again.engine.connect() as conn:
-        assert [r[0] for r in conn.exec_driver_sql("select name from _migrations")] == ["m001_initial"]
+        names = [r[0] for r in conn.exec_driver_sql("select name from _migrations order by id")]
+    assert names == [name for name, _ in MIGRATIONS]  # each applied exactly once, in order
 
 
 def test_record_stores_route_decision_with_exchange() -> None:

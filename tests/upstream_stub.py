@@ -4,6 +4,12 @@ It answers a tool call when the request offers tools (and `tool_choice` is not "
 and a 404 model_not_found error for the model "missing-model". Streams are written as real SSE chunks
 with small pauses between writes, the tool call's arguments split across several deltas (one event even
 split across two writes), so the gateway has to relay and reassemble what really goes over the wire.
+
+Failure knobs for the fallback tests: `fail_status` answers that status (with an OpenAI-shaped error) to
+the first `fail_times` chat requests (all of them when None); `delay_s` waits before answering.
+`python tests/upstream_stub.py [PORT]` serves it in its own process and prints `listening on PORT`.
+
+Also here, for every gateway test module: `free_socket()` and `RunningServer` (uvicorn in a thread).
 """
 
 from __future__ import annotations
@@ -11,7 +17,11 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
@@ -98,11 +108,61 @@ def stream_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
     return events
 
 
+def free_socket() -> socket.socket:
+    """A loopback socket bound to a free port (pass it to the server, so no other process can take the port)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class RunningServer:
+    """uvicorn serving `app` from a daemon thread, with the gateway's own uvicorn settings."""
+
+    def __init__(self, config: Any, app: Any) -> None:
+        import uvicorn
+
+        from downsize.gateway.server import uvicorn_config
+
+        self.sock = free_socket()
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn_config(config, app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "gateway did not start"
+            time.sleep(0.005)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+@contextmanager
+def serve_gateway(config: Any, store: Any, router: Any = None) -> Iterator[tuple[str, Any]]:
+    """The gateway app for `config` on a loopback port: yields (base URL, app)."""
+    from downsize.gateway.app import create_app
+
+    app = create_app(config, store, router)
+    with RunningServer(config, app) as url:
+        yield url, app
+
+
 class StubUpstream:
     """The stub server, run on its own event loop in a daemon thread. `requests` records what it received."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, fail_status: int | None = None, fail_times: int | None = None, delay_s: float = 0.0
+    ) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.fail_status = fail_status
+        self.fail_times = fail_times
+        self.delay_s = delay_s
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
@@ -138,6 +198,18 @@ class StubUpstream:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append({"headers": dict(request.headers), "body": body})
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail_status is not None and (self.fail_times is None or self.fail_times > 0):
+            if self.fail_times is not None:
+                self.fail_times -= 1
+            error = {
+                "message": "the stub is failing on purpose",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+            return web.json_response({"error": error}, status=self.fail_status, headers={"Retry-After": "0"})
         if body.get("model") == MISSING_MODEL:
             error = {
                 "message": f"The model `{MISSING_MODEL}` does not exist or you do not have access to it.",
@@ -169,3 +241,31 @@ class StubUpstream:
         return web.json_response(
             {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 1, "owned_by": "stub"}]}
         )
+
+
+def main() -> None:
+    """Serve the stub in this process until killed (the gateway's subprocess tests and benchmarks)."""
+    stub = StubUpstream()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0))
+    stub.port = sock.getsockname()[1]
+    stub.requests = _Forgetful()
+    print(f"listening on {stub.port}", flush=True)
+
+    async def run() -> None:
+        await stub._serve(sock)
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
+class _Forgetful(list[Any]):
+    """A long-running stub must not keep every request it saw."""
+
+    def append(self, item: Any) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -64,6 +64,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop after this many minutes of training
     seed: int = 0
     threads: int | None = None  # torch threads; default: all cores
+    gate: bool = True  # fit the task gate (text or which tool) on every training call, text replies included
 
 
 @dataclass
@@ -86,15 +87,151 @@ class RouteConfig:
 
 
 @dataclass
-class GatewayConfig:
-    """The OpenAI-compatible gateway."""
+class UpstreamTarget:
+    """One OpenAI-compatible upstream in the gateway's fallback order."""
 
-    upstream: str = "https://api.openai.com/v1"
+    url: str
+    # Environment variable holding this upstream's own API key. When set, the agent's key is never sent to
+    # this upstream (it may belong to another provider); when unset, the agent's key is forwarded as usual.
+    api_key_env: str | None = None
+
+
+@dataclass
+class GatewayKey:
+    """A key callers present to the gateway as `Authorization: Bearer <key>`, and the role it grants."""
+
+    role: str  # agent (call models, report outcomes) | reader (read the logs) | admin (everything)
+    env: str | None = None  # environment variable holding the key
+    sha256: str | None = None  # or the hex SHA-256 of the key, so a config file holds no secret
+    name: str | None = None  # a label for the gateway's own logs (never the key)
+
+
+GATEWAY_ROLES = ("agent", "reader", "admin")
+CAPTURE_MODES = ("async", "sync")
+QUEUE_POLICIES = ("block", "shed")
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass
+class GatewayConfig:
+    """The OpenAI-compatible gateway: upstreams, capture, security and logging (see docs/gateway.md)."""
+
+    upstream: str = "https://api.openai.com/v1"  # the primary upstream
+    fallback_upstreams: list[UpstreamTarget] = field(default_factory=list)  # tried in order after it
+    upstream_api_key_env: str | None = None  # key for upstreams when the agent sends none of its own
     host: str = "127.0.0.1"
     port: int = 8787
-    upstream_timeout_s: float = 120.0
+    upstream_timeout_s: float = 120.0  # per attempt: silence longer than this moves on to the next upstream
+    upstream_connect_timeout_s: float = 10.0
+    upstream_retries: int = 2  # extra rounds over the upstream list, with exponential backoff and jitter
+    retry_statuses: list[int] = field(default_factory=lambda: [429, 500, 502, 503, 504])
+    backoff_base_s: float = 0.25  # first pause between rounds; doubles each round
+    backoff_max_s: float = 4.0  # longest pause (a Retry-After up to this long is honoured)
+    specialist_timeout_s: float | None = 10.0  # a slower specialist answer goes upstream instead
     max_body_bytes: int = 8 * 1024 * 1024
+    capture_mode: str = "async"  # async: answer, then store | sync: answer once the exchange is committed
+    queue_policy: str = "block"  # when the queue is full: block (wait for room) | shed (drop, counted)
+    queue_max: int = 10_000  # exchanges waiting to be written
+    capture_batch: int = 256  # exchanges per store transaction, at most
+    capture_interval_s: float = 0.05  # the writer commits at least this often while exchanges wait
+    capture_wait_s: float = 5.0  # longest a request waits on capture (queue room, or commit in sync mode)
+    gateway_keys: list[GatewayKey] = field(default_factory=list)  # none: no gateway authentication
+    anonymize: bool = False  # store origin ids (user, session, agent) as HMAC-SHA256 hashes
+    anonymize_key_env: str = "DOWNSIZE_ANON_KEY"
+    encrypt_bodies: bool = False  # require a store key: request and response bodies AES-GCM encrypted
+    store_key_env: str = "DOWNSIZE_STORE_KEY"  # base64 of 32 random bytes
+    redact: str | None = None  # "package.module:function" applied to each exchange before it is stored
+    cors_origins: list[str] = field(default_factory=list)  # browser origins allowed; none: CORS off
+    public_metrics: bool = True  # False: /metrics needs a reader or admin key
+    log_format: str = "json"  # json | text
+    log_level: str = "info"
     route: RouteConfig = field(default_factory=RouteConfig)
+
+    def __post_init__(self) -> None:
+        self.fallback_upstreams = [_upstream_target(t) for t in self.fallback_upstreams]
+        self.gateway_keys = [_gateway_key(k) for k in self.gateway_keys]
+        if isinstance(self.route, dict):
+            self.route = resolve(RouteConfig, self.route)
+        for name, value, allowed in (
+            ("capture_mode", self.capture_mode, CAPTURE_MODES),
+            ("queue_policy", self.queue_policy, QUEUE_POLICIES),
+            ("log_format", self.log_format, LOG_FORMATS),
+            ("log_level", self.log_level, LOG_LEVELS),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+        for target in [UpstreamTarget(self.upstream), *self.fallback_upstreams]:
+            if not target.url.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"upstream URLs must be http(s) URLs such as https://api.openai.com/v1, not {target.url!r}"
+                )
+        self.upstream = self.upstream.rstrip("/")
+        if self.upstream_retries < 0 or self.queue_max < 1 or self.capture_batch < 1:
+            raise ConfigError("upstream_retries must be >= 0, and queue_max and capture_batch >= 1")
+        if self.upstream_timeout_s <= 0 or self.capture_interval_s <= 0 or self.capture_wait_s <= 0:
+            raise ConfigError("upstream_timeout_s, capture_interval_s and capture_wait_s must be > 0")
+
+    @property
+    def upstreams(self) -> list[UpstreamTarget]:
+        """Every upstream in fallback order: the primary (with upstream_api_key_env) first."""
+        return [UpstreamTarget(self.upstream, self.upstream_api_key_env), *self.fallback_upstreams]
+
+
+def _upstream_target(value: Any) -> UpstreamTarget:
+    if isinstance(value, UpstreamTarget):
+        target = value
+    elif isinstance(value, str):
+        target = UpstreamTarget(value)
+    elif isinstance(value, dict):
+        target = resolve(UpstreamTarget, value)
+    else:
+        raise ConfigError(f"an upstream is a URL or a mapping {{url, api_key_env}}, not {value!r}")
+    target.url = target.url.rstrip("/")
+    return target
+
+
+def _gateway_key(value: Any) -> GatewayKey:
+    key = value if isinstance(value, GatewayKey) else None
+    if key is None:
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"a gateway key is a mapping {{role, env or sha256}}, not {type(value).__name__}"
+            )
+        key = resolve(GatewayKey, value)
+    if key.role not in GATEWAY_ROLES:
+        raise ConfigError(f"a gateway key's role must be one of {', '.join(GATEWAY_ROLES)}, not {key.role!r}")
+    if (key.env is None) == (key.sha256 is None):
+        raise ConfigError(
+            f"gateway key {key.name or key.role!r}: give exactly one of env (the variable holding the key) "
+            "or sha256 (the key's hex digest)"
+        )
+    return key
+
+
+def load_gateway_config(path: str | Path | None = None, **flags: Any) -> GatewayConfig:
+    """GatewayConfig from defaults, then the YAML file at `path`, then flags (None means 'not given').
+
+    A flag given as a list (e.g. several `--upstream`) replaces the file's list; `upstream` given as a list
+    means the primary then its fallbacks.
+    """
+    values = load_yaml(path) if path is not None else {}
+    upstream = flags.pop("upstream", None)
+    if isinstance(upstream, list | tuple):
+        if upstream:
+            flags["upstream"] = upstream[0]
+            flags["fallback_upstreams"] = list(upstream[1:]) or values.get("fallback_upstreams")
+    elif upstream is not None:
+        flags["upstream"] = upstream
+    if isinstance(values.get("upstream"), list):
+        listed = values.pop("upstream")
+        if not listed:
+            raise ConfigError("'upstream' in the config file is an empty list: give at least one URL")
+        values["upstream"] = listed[0]
+        values.setdefault("fallback_upstreams", listed[1:])
+    flags = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()}
+    flags = {k: v for k, v in flags.items() if v is not None and v != []}
+    return resolve(GatewayConfig, values, **flags)
 
 
 C = TypeVar("C")

@@ -105,3 +105,25 @@ def prune_messages(
 def chat_messages(conversation: str) -> list[dict[str, str]]:
     """The chat the student sees: a one-line system prompt and the pruned conversation."""
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": conversation}]
+
+
+TEXT_REPLY = "<text>"  # the gate's label for "the teacher answered in text": never served by a specialist
+
+
+def gate_text(messages: list[dict[str, Any]], max_messages: int = 3, max_chars: int = 600) -> str:
+    """The recent conversation for the task gate: the last few turns, each cut to `max_chars` (head and tail)."""
+    lines: list[str] = []
+    for message in reversed(messages):
+        line = render_message(message)
+        if line is None:
+            continue
+        if len(line) > max_chars:
+            head = (max_chars * 2) // 3
+            line = line[:head] + " … " + line[-(max_chars - head) :]
+        lines.append(line)
+        if len(lines) == max_messages:
+            break
+    # the newest turn is marked so that a linear model can tell "the user just said X" from older context
+    if lines:
+        lines[0] = "LAST " + lines[0]
+    return "\n".join(reversed(lines))

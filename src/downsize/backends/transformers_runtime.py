@@ -92,19 +92,39 @@ class TransformersRuntime:
         return build_prompt(self.tokenizer, messages, self.budget)
 
     def generate(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], stop_below: float | None = None
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        stop_below: float | None = None,
+        tool: str | None = None,
     ) -> Generation:
-        return self.generate_batch([(messages, tools)], stop_below=stop_below)[0]
+        return self.generate_batch([(messages, tools)], stop_below=stop_below, tools_chosen=[tool])[0]
 
     def generate_batch(
         self,
         requests: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]],
         stop_below: float | None = None,
+        tools_chosen: list[str | None] | None = None,
     ) -> list[Generation]:
-        """Greedy, grammar-constrained generation of one tool call per request."""
+        """Greedy, grammar-constrained generation of one tool call per request.
+
+        `tools_chosen[i]`, when given, fixes the tool of request i (chosen by the task gate): its name is
+        written into the prompt and only the arguments are generated and scored.
+        """
         torch = self._torch
-        prompts = [self.prompt(messages) for messages, _ in requests]
-        grammars = [ToolCallGrammar(tool_names({"tools": tools})) for _, tools in requests]
+        chosen_tools = tools_chosen or [None] * len(requests)
+        prompts, grammars, texts = [], [], []
+        for (messages, tools), tool in zip(requests, chosen_tools, strict=True):
+            names = tool_names({"tools": tools})
+            grammar = ToolCallGrammar([tool] if tool else names)
+            prefix = ""
+            if tool:
+                prefix = tool  # no trailing space: the model writes " {" as it learned to
+                if tool not in names or not grammar.feed(prefix):
+                    raise ValueError(f"tool {tool!r} is not offered by the request")
+            prompts.append(self.prompt(messages) + prefix)
+            grammars.append(grammar)
+            texts.append(prefix)
         enc = self.tokenizer(
             prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
         )
@@ -112,7 +132,6 @@ class TransformersRuntime:
         attention = enc["attention_mask"].to(self.device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         n = len(requests)
-        texts = [""] * n
         logps: list[list[float]] = [[] for _ in range(n)]
         finished = [False] * n
         stopped = [False] * n

@@ -1,21 +1,28 @@
 """An async client for any OpenAI-compatible API (the upstream LLM the gateway falls back to).
 
-One aiohttp `ClientSession` per app lifetime, opened by `start()` inside the running event loop and
-closed by `close()`: connections are pooled and kept alive, which matters more than anything else for
-the gateway's throughput. The caller's headers (its `Authorization` key among them) are sent as given
-and never kept: not on the object, not in logs, not in error messages.
+One aiohttp `ClientSession` per upstream and app lifetime, opened by `start()` inside the running event
+loop and closed by `close()`: connections are pooled and kept alive, which matters more than anything else
+for the gateway's throughput. The caller's headers (its `Authorization` key among them) are sent as given
+and never kept: not on the object, not in logs, not in error messages. `UpstreamPool` puts several
+upstreams in a fallback order, with retries, exponential backoff and jitter.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from downsize.errors import UpstreamError
+
+logger = logging.getLogger(__name__)
 
 # Hop-by-hop and framing headers: the gateway's server sets its own (aiohttp has already decoded the body).
 _DROP_RESPONSE_HEADERS = frozenset(
@@ -95,15 +102,35 @@ class UpstreamStream:
 
 
 class Upstream:
-    """An OpenAI-compatible API at `base_url` (e.g. `https://api.openai.com/v1`), called with pooled connections."""
+    """An OpenAI-compatible API at `base_url` (e.g. `https://api.openai.com/v1`), called with pooled connections.
 
-    def __init__(self, base_url: str, timeout_s: float = 120.0, max_connections: int = 512) -> None:
+    `api_key` is a key of the gateway's own for this upstream (from its config). It is sent when the
+    agent sent none, or always when `own_key` is set (an upstream of another provider must never see the
+    agent's key). It is kept out of `repr` and of every message.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float = 120.0,
+        max_connections: int = 512,
+        connect_timeout_s: float = 10.0,
+        api_key: str | None = None,
+        own_key: bool = False,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        # For logs and metrics: no userinfo, query or fragment (they may carry credentials).
+        self.label = (
+            f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+        )
         self.chat_url = f"{self.base_url}/chat/completions"
         self.models_url = f"{self.base_url}/models"
         self.timeout_s = timeout_s
         self.max_connections = max_connections
-        connect_s = min(timeout_s, 10.0)
+        self._authorization = f"Bearer {api_key}" if api_key else None
+        self._own_key = own_key and api_key is not None
+        connect_s = min(timeout_s, connect_timeout_s)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_s)
         # A stream may last longer than `timeout_s` in total; only silence longer than that is an error.
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=timeout_s)
@@ -124,17 +151,27 @@ class Upstream:
             await self._session.close()
             self._session = None
 
+    def __repr__(self) -> str:
+        return f"Upstream({self.label!r})"
+
+    def with_auth(self, headers: Mapping[str, str], client_auth: str | None) -> Mapping[str, str]:
+        """The headers to send this upstream: the agent's key, or this upstream's own (see the class doc)."""
+        auth = self._authorization if self._own_key or client_auth is None else client_auth
+        if auth is None:
+            return headers
+        return {**headers, "Authorization": auth}
+
     # -- errors: say where and what to do, never echo request headers ------------------------------------
 
     def connection_error(self, exc: BaseException, what: str = "could not be reached") -> UpstreamError:
         return UpstreamError(
-            f"the upstream LLM at {self.base_url} {what} ({type(exc).__name__}: {exc}); "
+            f"the upstream LLM at {self.label} {what} ({type(exc).__name__}: {exc}); "
             "check the gateway's --upstream URL and that the upstream server is up"
         )
 
     def timeout_error(self, what: str = "did not answer") -> UpstreamTimeoutError:
         return UpstreamTimeoutError(
-            f"the upstream LLM at {self.base_url} {what} within {self.timeout_s:g} s; "
+            f"the upstream LLM at {self.label} {what} within {self.timeout_s:g} s; "
             "retry, or raise the gateway's upstream_timeout_s"
         )
 
@@ -181,6 +218,193 @@ class Upstream:
             raise self.timeout_error() from exc
         except aiohttp.ClientError as exc:
             raise self.connection_error(exc) from exc
+
+
+class BufferedReply:
+    """An upstream's whole (error) answer to a stream request, read so that the next upstream could be tried.
+
+    It quacks like `UpstreamStream` where the gateway needs it: status, headers, `is_event_stream`
+    (always False), `read()` and `release()`.
+    """
+
+    is_event_stream = False
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    async def read(self) -> bytes:
+        return self.body
+
+    def release(self) -> None:
+        """Nothing to give back: the connection was released when the body was read."""
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """Seconds an upstream asked us to wait (`retry-after-ms` or numeric `Retry-After`), if it said."""
+    for name, scale in (("retry-after-ms", 0.001), ("Retry-After", 1.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                seconds = float(value) * scale
+            except ValueError:
+                continue  # an HTTP date: not worth parsing, the backoff applies
+            if seconds >= 0:
+                return seconds
+    return None
+
+
+AttemptHook = Callable[[Upstream, str], None]
+
+
+class UpstreamPool:
+    """Upstreams in fallback order, each request tried on one then the next, in rounds.
+
+    A connect error, a timeout, or a status in `retry_statuses` (429 and 5xx by default) moves on to the
+    next upstream at once; after a round over all of them fails, the pool waits (exponential backoff from
+    `backoff_base_s`, doubling, capped at `backoff_max_s`, with jitter in [d/2, d]; at least the upstream's
+    Retry-After when that is within the cap) and starts another round, `retries` times. When every
+    attempt failed, the last upstream answer (status and body) is passed on if there was one, else the
+    last connection error is raised. A stream is only retried before its first byte is relayed.
+
+    Retrying a chat completion that timed out may make the upstream bill it twice: set `retries` to 0
+    and list a single upstream where that matters more than availability.
+    """
+
+    def __init__(
+        self,
+        upstreams: Sequence[Upstream],
+        retries: int = 2,
+        retry_statuses: Iterable[int] = (429, 500, 502, 503, 504),
+        backoff_base_s: float = 0.25,
+        backoff_max_s: float = 4.0,
+        on_attempt: AttemptHook | None = None,
+    ) -> None:
+        if not upstreams:
+            raise ValueError("an UpstreamPool needs at least one upstream")
+        self.upstreams = list(upstreams)
+        self.retries = retries
+        self.retry_statuses = frozenset(retry_statuses)
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.on_attempt = on_attempt
+
+    @property
+    def primary(self) -> Upstream:
+        return self.upstreams[0]
+
+    async def start(self) -> None:
+        for upstream in self.upstreams:
+            await upstream.start()
+
+    async def close(self) -> None:
+        for upstream in self.upstreams:
+            await upstream.close()
+
+    def backoff_s(self, round_: int, retry_after: float | None = None) -> float:
+        """The pause before round `round_` (1 = the first retry), jittered."""
+        delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (round_ - 1))
+        delay *= 0.5 + random.random() / 2
+        if retry_after is not None and retry_after <= self.backoff_max_s:
+            delay = max(delay, retry_after)
+        return delay
+
+    def _attempts(self) -> Iterable[tuple[int, Upstream]]:
+        for round_ in range(self.retries + 1):
+            for upstream in self.upstreams:
+                yield round_, upstream
+
+    def _note(self, upstream: Upstream, outcome: str) -> None:
+        if self.on_attempt is not None:
+            self.on_attempt(upstream, outcome)
+
+    async def _pause(self, round_: int, last_round: int, retry_after: float | None) -> None:
+        if round_ > last_round and round_ > 0:
+            await asyncio.sleep(self.backoff_s(round_, retry_after))
+
+    async def post_chat(
+        self, body: bytes, headers: Mapping[str, str], client_auth: str | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """POST a chat completion along the fallback order: the first usable answer, 4xx included."""
+        last_answer: tuple[int, dict[str, str], bytes] | None = None
+        last_error: UpstreamError | None = None
+        retry_after: float | None = None
+        last_round = 0
+        for round_, upstream in self._attempts():
+            await self._pause(round_, last_round, retry_after)
+            last_round = round_
+            try:
+                status, out_headers, data = await upstream.post_chat(
+                    body, upstream.with_auth(headers, client_auth)
+                )
+            except UpstreamError as exc:
+                self._note(upstream, "timeout" if isinstance(exc, UpstreamTimeoutError) else "error")
+                logger.warning("upstream attempt failed, trying the next: %s", exc)
+                last_error = exc
+                continue
+            if status not in self.retry_statuses:
+                self._note(upstream, "ok")
+                return status, out_headers, data
+            self._note(upstream, f"status_{status}")
+            logger.warning("upstream %s answered %d; trying the next", upstream.label, status)
+            last_answer, retry_after = (status, out_headers, data), retry_after_s(out_headers)
+        if last_answer is not None:
+            return last_answer
+        assert last_error is not None
+        raise last_error
+
+    async def stream_chat(
+        self, body: bytes, headers: Mapping[str, str], client_auth: str | None = None
+    ) -> UpstreamStream | BufferedReply:
+        """Open a streaming chat completion along the fallback order; returns once status and headers are in."""
+        last_answer: BufferedReply | None = None
+        last_error: UpstreamError | None = None
+        retry_after: float | None = None
+        last_round = 0
+        for round_, upstream in self._attempts():
+            await self._pause(round_, last_round, retry_after)
+            last_round = round_
+            try:
+                stream = await upstream.stream_chat(body, upstream.with_auth(headers, client_auth))
+                if stream.status not in self.retry_statuses:
+                    self._note(upstream, "ok")
+                    return stream
+                try:
+                    data = await stream.read()
+                finally:
+                    stream.release()
+            except UpstreamError as exc:
+                self._note(upstream, "timeout" if isinstance(exc, UpstreamTimeoutError) else "error")
+                logger.warning("upstream attempt failed, trying the next: %s", exc)
+                last_error = exc
+                continue
+            self._note(upstream, f"status_{stream.status}")
+            logger.warning("upstream %s answered %d; trying the next", upstream.label, stream.status)
+            last_answer = BufferedReply(stream.status, stream.headers, data)
+            retry_after = retry_after_s(stream.headers)
+        if last_answer is not None:
+            return last_answer
+        assert last_error is not None
+        raise last_error
+
+    async def models(self, headers: Mapping[str, str], client_auth: str | None = None) -> tuple[int, bytes]:
+        """GET the model list from the first upstream that answers usably (no backoff: a listing is cheap)."""
+        last: tuple[int, bytes] | None = None
+        last_error: UpstreamError | None = None
+        for upstream in self.upstreams:
+            try:
+                status, data = await upstream.models(upstream.with_auth(headers, client_auth))
+            except UpstreamError as exc:
+                last_error = exc
+                continue
+            if status not in self.retry_statuses:
+                return status, data
+            last = status, data
+        if last is not None:
+            return last
+        assert last_error is not None
+        raise last_error
 
 
 # -- reading a streamed chat completion back into one object ---------------------------------------------

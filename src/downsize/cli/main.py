@@ -193,53 +193,123 @@ def specialists(as_json: bool, db: str | None) -> None:
 
 @main.command()
 @click.option(
-    "--upstream",
-    required=True,
-    help="Base URL of the OpenAI-compatible upstream, e.g. https://api.openai.com/v1",
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="YAML file of GatewayConfig settings (docs/gateway.md); flags override it.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8787, show_default=True, type=int)
+@click.option(
+    "--upstream",
+    multiple=True,
+    help="Base URL of an OpenAI-compatible upstream, e.g. https://api.openai.com/v1; repeat for fallbacks, in order.",
+)
+@click.option("--host", help="Interface to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (default 8787).")
 @click.option("--specialist", help="Route to this specialist (name or id) instead of the live one.")
 @click.option("--no-route", is_flag=True, help="Only log: forward every request upstream.")
 @click.option("--threshold", type=float, help="Override the specialist's calibrated threshold.")
 @click.option(
-    "--upstream-timeout",
-    type=float,
-    default=120.0,
-    show_default=True,
-    help="Seconds to wait for the upstream.",
+    "--upstream-timeout", type=float, help="Seconds to wait for an upstream, per attempt (default 120)."
 )
+@click.option(
+    "--upstream-retries", type=int, help="Extra rounds over the upstreams on 429/5xx/errors (default 2)."
+)
+@click.option(
+    "--upstream-api-key-env",
+    help="Variable holding the upstream key used when an agent sends none of its own.",
+)
+@click.option("--specialist-timeout", type=float, help="Seconds a specialist may take before going upstream.")
+@click.option(
+    "--capture-mode",
+    type=click.Choice(["async", "sync"]),
+    help="async: store after answering (default); sync: answer once the exchange is committed.",
+)
+@click.option(
+    "--queue-policy",
+    type=click.Choice(["block", "shed"]),
+    help="When the capture queue is full: wait for room (block, default) or drop and count (shed).",
+)
+@click.option("--queue-max", type=int, help="Exchanges the capture queue holds (default 10000).")
+@click.option(
+    "--gateway-key",
+    "gateway_keys",
+    multiple=True,
+    metavar="ROLE=ENV_VAR",
+    help="Require gateway keys: ROLE is agent, reader or admin, ENV_VAR holds the key. Repeatable.",
+)
+@click.option(
+    "--anonymize/--no-anonymize",
+    default=None,
+    help="Store user/session/agent ids as HMAC-SHA256 hashes (key in $DOWNSIZE_ANON_KEY).",
+)
+@click.option(
+    "--encrypt-bodies/--no-encrypt-bodies",
+    default=None,
+    help="Require the store key ($DOWNSIZE_STORE_KEY) and encrypt request/response bodies at rest.",
+)
+@click.option("--redact", help="Capture-time redaction hook, as package.module:function.")
+@click.option(
+    "--cors-origin", "cors_origins", multiple=True, help="Allow this browser origin (CORS). Repeatable."
+)
+@click.option(
+    "--log-format", type=click.Choice(["json", "text"]), help="Log format on stderr (default json)."
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @db_option
 def serve(
-    upstream: str,
-    host: str,
-    port: int,
+    config_file: Path | None,
+    upstream: tuple[str, ...],
     specialist: str | None,
     no_route: bool,
     threshold: float | None,
-    upstream_timeout: float,
+    upstream_timeout: float | None,
+    specialist_timeout: float | None,
+    gateway_keys: tuple[str, ...],
     db: str | None,
+    **flags: Any,
 ) -> None:
-    """Run the OpenAI-compatible gateway: log every call, serve confident specialist calls, forward the rest."""
-    from downsize.config import GatewayConfig
+    """Run the OpenAI-compatible gateway: log every call, serve confident specialist calls, forward the rest.
+
+    SIGTERM or Ctrl-C stops it gracefully: open requests finish and queued exchanges are written first.
+    """
+    from downsize.config import load_gateway_config
     from downsize.gateway.server import serve as run_server
     from downsize.route.loading import load_router
+    from downsize.store import Store
 
-    if not upstream.startswith(("http://", "https://")):
-        raise DownsizeError(
-            f"--upstream must be an http(s) URL such as https://api.openai.com/v1, not {upstream!r}"
-        )
-    config = GatewayConfig(
-        upstream=upstream.rstrip("/"), host=host, port=port, upstream_timeout_s=upstream_timeout
+    if not upstream and config_file is None:
+        raise DownsizeError("give --upstream URL (or a --config file that names the upstream)")
+    keys = []
+    for spec in gateway_keys:
+        role, sep, env = spec.partition("=")
+        if not sep or not role or not env:
+            raise DownsizeError(
+                f"--gateway-key takes ROLE=ENV_VAR, e.g. agent=DOWNSIZE_AGENT_KEY, not {spec!r}"
+            )
+        keys.append({"role": role, "env": env, "name": f"{role}:{env}"})
+    config = load_gateway_config(
+        config_file,
+        upstream=list(upstream),
+        upstream_timeout_s=upstream_timeout,
+        specialist_timeout_s=specialist_timeout,
+        gateway_keys=keys,
+        **flags,
     )
-    store = _store(db)
+    store = Store.open(db, encryption_key=os.environ.get(config.store_key_env) or None)
     router = None if no_route else load_router(store, specialist, threshold)
     where = (
         f"specialist {router.specialist.name} (id {router.specialist.id}), threshold {router.threshold:.4f}"
         if router
         else "no specialist (logging only)"
     )
-    click.echo(f"downsize gateway on http://{host}:{port}/v1 -> {upstream}; routing: {where}", err=True)
+    chain = " -> ".join(t.url for t in config.upstreams)
+    click.echo(
+        f"downsize gateway on http://{config.host}:{config.port}/v1 -> {chain}; routing: {where}; "
+        f"capture: {config.capture_mode}, queue {config.queue_policy}; "
+        f"bodies encrypted: {'yes' if store.encrypts else 'no'}; "
+        f"gateway keys: {len(config.gateway_keys) or 'none'}",
+        err=True,
+    )
     run_server(config, store, router)
 
 

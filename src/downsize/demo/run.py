@@ -21,6 +21,7 @@ from downsize.demo.recorded_upstream import create_recorded_upstream, recordings
 from downsize.demo.servers import BackgroundServer
 from downsize.evaluate.metrics import exact_match, wilson_lower
 from downsize.importers.tau_airline import import_tau_airline
+from downsize.route.gate import TaskGate
 from downsize.route.router import Router
 from downsize.shapes import response_message, tool_calls
 from downsize.store import Store
@@ -115,6 +116,7 @@ def run_demo(data: Path, train_minutes: float = 8.0, store: Store | None = None)
         runtime=runtime,
         threshold=threshold if threshold is not None else math.inf,
         task_tools=frozenset(specialist.config.get("task_tools", [])),
+        gate=TaskGate.load(specialist.adapter_path),
     )
 
     run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"

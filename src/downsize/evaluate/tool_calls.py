@@ -9,6 +9,7 @@ reported on, never tuned on.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +20,8 @@ from tqdm import tqdm
 from downsize.backends.transformers_runtime import runtime_for
 from downsize.config import EvalConfig, TrainConfig, home, resolve
 from downsize.evaluate.metrics import Scored, at_threshold, calibrate, curve, exact_match, wilson_lower
+from downsize.prompting import TEXT_REPLY, gate_text
+from downsize.route.gate import GateDecision, TaskGate
 from downsize.route.router import Generation
 from downsize.route.validate import validate_call
 from downsize.shapes import response_message, tool_calls
@@ -33,11 +36,11 @@ def teacher_call(ex: Exchange) -> Any:
     return calls[0] if calls else None
 
 
-def score(ex: Exchange, gen: Generation) -> Scored:
+def score(ex: Exchange, gen: Generation, gate_logp: float = 0.0) -> Scored:
     reference = teacher_call(ex)
     valid = gen.call is not None and validate_call(gen.call, ex.request.get("tools") or []) is None
     return Scored(
-        confidence=gen.min_logprob,
+        confidence=min(gen.min_logprob, gate_logp),
         valid=valid,
         agrees=valid and exact_match(gen.call, reference),
         teacher_called=reference is not None,
@@ -45,22 +48,37 @@ def score(ex: Exchange, gen: Generation) -> Scored:
 
 
 def generate_all(
-    runtime: Any, exchanges: list[Exchange], batch_size: int, label: str, progress: bool
-) -> list[Generation]:
-    out: list[Generation] = []
-    ordered = sorted(
-        range(len(exchanges)), key=lambda i: len(json.dumps(exchanges[i].request.get("messages", [])[-3:]))
-    )
+    runtime: Any,
+    exchanges: list[Exchange],
+    batch_size: int,
+    label: str,
+    progress: bool,
+    gate: TaskGate | None = None,
+) -> list[tuple[Generation, float]]:
+    """(generation, gate log-probability) per exchange; with a gate, only its chosen tool's arguments are generated."""
+    decisions: list[GateDecision | None] = [None] * len(exchanges)
+    if gate is not None:
+        decisions = list(gate.decide_texts([gate_text(ex.request.get("messages") or []) for ex in exchanges]))
     results: dict[int, Generation] = {}
-    with tqdm(total=len(exchanges), desc=label, unit="call", disable=not progress, dynamic_ncols=True) as bar:
-        for start in range(0, len(ordered), batch_size):
-            idx = ordered[start : start + batch_size]
+    todo = []
+    for i, d in enumerate(decisions):
+        if d is not None and d.label == TEXT_REPLY:
+            results[i] = Generation(
+                text="", call=None, min_logprob=-math.inf, mean_logprob=-math.inf, tokens=0
+            )
+        else:
+            todo.append(i)
+    # similar lengths together: less padding per batch
+    todo.sort(key=lambda i: len(json.dumps(exchanges[i].request.get("messages", [])[-3:])))
+    with tqdm(total=len(todo), desc=label, unit="call", disable=not progress, dynamic_ncols=True) as bar:
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start : start + batch_size]
             batch = [(exchanges[i].request["messages"], exchanges[i].request.get("tools") or []) for i in idx]
-            for i, gen in zip(idx, runtime.generate_batch(batch), strict=True):
+            chosen = [decisions[i].label if decisions[i] is not None else None for i in idx]  # type: ignore[union-attr]
+            for i, gen in zip(idx, runtime.generate_batch(batch, tools_chosen=chosen), strict=True):
                 results[i] = gen
             bar.update(len(idx))
-    out = [results[i] for i in range(len(exchanges))]
-    return out
+    return [(results[i], d.log_probability if d else 0.0) for i, d in enumerate(decisions)]
 
 
 def evaluate_specialist(
@@ -77,10 +95,12 @@ def evaluate_specialist(
         and dev_role(ex, train_cfg.validation_fraction) == "validation"
     ][: config.limit]
     test = list(store.exchanges(split="test", response_kind="tool_call"))[: config.limit]
-    val_gens = generate_all(runtime, validation, config.batch_size, "eval validation", progress)
-    test_gens = generate_all(runtime, test, config.batch_size, "eval test", progress)
-    val_scored = [score(ex, g) for ex, g in zip(validation, val_gens, strict=True)]
-    test_scored = [score(ex, g) for ex, g in zip(test, test_gens, strict=True)]
+    gate = TaskGate.load(specialist.adapter_path)
+    val_out = generate_all(runtime, validation, config.batch_size, "eval validation", progress, gate)
+    test_out = generate_all(runtime, test, config.batch_size, "eval test", progress, gate)
+    val_scored = [score(ex, g, lp) for ex, (g, lp) in zip(validation, val_out, strict=True)]
+    test_scored = [score(ex, g, lp) for ex, (g, lp) in zip(test, test_out, strict=True)]
+    test_gens = [g for g, _ in test_out]
     threshold = calibrate(val_scored, config.target_agreement)
 
     names_right = sum(

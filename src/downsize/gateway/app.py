@@ -1,9 +1,14 @@
 """The OpenAI-compatible gateway as an ASGI app: agents change their base URL and nothing else.
 
 `POST /v1/chat/completions` is validated just enough to route and log it, offered to the router (when
-one is given and applies), and otherwise forwarded byte for byte to the upstream LLM, streaming or not.
-Every exchange goes to an `ExchangeWriter` queue after the answer is on its way: parsing the upstream's
-response and reassembling streams happen on the writer's thread, not in the request path.
+one is given and applies), and otherwise forwarded byte for byte to the upstreams (in fallback order),
+streaming or not. Every exchange goes to an `ExchangeWriter` queue after the answer is on its way
+(`async` capture) or is committed before the answer goes out (`sync`): parsing the upstream's response,
+reassembling streams, hashing origin ids and redacting happen on the writer's thread.
+
+Also served: `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus), `POST /v1/downsize/outcomes`
+(agent), `GET /v1/downsize/exchanges` (reader), `GET /v1/downsize/specialists` (admin). See
+docs/gateway.md for configuration, keys and roles.
 """
 
 from __future__ import annotations
@@ -11,36 +16,56 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, MutableMapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from downsize.backends.upstream import Upstream, UpstreamStream, UpstreamTimeoutError, reassemble_stream
+from downsize.backends.upstream import (
+    BufferedReply,
+    Upstream,
+    UpstreamPool,
+    UpstreamStream,
+    UpstreamTimeoutError,
+)
 from downsize.config import GatewayConfig
-from downsize.errors import InvalidRequestError, UpstreamError
-from downsize.gateway.writer import ExchangeWriter, Record
-from downsize.shapes import describe_response
-from downsize.types import Exchange, RouteDecision
+from downsize.errors import ConfigError, InvalidRequestError, UpstreamError
+from downsize.gateway.admin import META_MAX, AdminEndpoints
+from downsize.gateway.auth import CALL_MODELS, Authorizer, KeyRing, OriginHasher
+from downsize.gateway.capture import Capture, capture_pipeline
+from downsize.gateway.metrics import GatewayMetrics
+from downsize.gateway.protocol import (
+    completion_events,
+    error_response,
+    parse_chat_request,
+    read_body,
+)
+from downsize.gateway.writer import ExchangeWriter, Item
+from downsize.route.router import RouteOutcome
+from downsize.types import RouteDecision
 
 if TYPE_CHECKING:
-    from downsize.route.router import RouteOutcome, Router
+    from downsize.route.router import Router
     from downsize.store.store import Store
+
+__all__ = ["completion_events", "create_app", "error_response", "parse_chat_request", "read_body"]
 
 logger = logging.getLogger(__name__)
 
 # Request headers passed on to the upstream (ASGI gives names lower-cased); everything else stays here.
+# `Authorization` is handled apart: it is the agent's upstream key, unless gateway keys are configured.
 _FORWARD_HEADERS = {
-    b"authorization": "Authorization",
     b"api-key": "api-key",
     b"openai-organization": "OpenAI-Organization",
     b"openai-project": "OpenAI-Project",
@@ -52,267 +77,62 @@ _META_HEADERS = {
     b"x-downsize-session": "session",
     b"x-downsize-task": "task_hint",
 }
-_META_MAX = 200  # the store's column width
-
-_EXAMPLE = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}'
 _SSE_HEADERS = {"Cache-Control": "no-cache"}
+_CORS_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "X-Upstream-Authorization",
+    "X-Downsize-Agent",
+    "X-Downsize-Session",
+    "X-Downsize-Task",
+    "OpenAI-Organization",
+    "OpenAI-Project",
+    "OpenAI-Beta",
+]
 
 
-# -- errors ----------------------------------------------------------------------------------------------
+class _Head:
+    """What one pass over a request's headers yields."""
+
+    __slots__ = ("forward", "client_auth", "token", "meta", "length")
+
+    def __init__(self) -> None:
+        self.forward: dict[str, str] = {"Content-Type": "application/json"}
+        self.client_auth: str | None = None  # the agent's upstream key, as an Authorization value
+        self.token: str | None = None  # the gateway key, as an Authorization value
+        self.meta: dict[str, str] = {}
+        self.length: int | None = None
 
 
-def error_response(
-    status: int,
-    message: str,
-    type_: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    """An error the way OpenAI's API shapes it, so every OpenAI client surfaces the message."""
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+def read_headers(scope: MutableMapping[str, Any], gateway_auth: bool) -> _Head:
+    """Sort the raw headers: to forward upstream, the upstream key, the gateway key, metadata, body length.
 
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
-# -- request parsing -------------------------------------------------------------------------------------
-
-
-async def read_body(request: Request, max_bytes: int, content_length: int | None = None) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `max_bytes`."""
-    too_large = InvalidRequestError(
-        f"the request body is larger than the gateway's limit of {max_bytes} bytes: "
-        "send fewer or shorter messages, or raise max_body_bytes in the gateway config",
-        status=413,
-    )
-    if content_length is not None and content_length > max_bytes:
-        raise too_large
-    parts: list[bytes] = []
-    size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > max_bytes:
-            raise too_large
-        parts.append(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def parse_chat_request(body: bytes) -> dict[str, Any]:
-    """Parse and minimally validate a chat-completion request; InvalidRequestError says what to fix.
-
-    Only what the gateway itself relies on is checked (the upstream validates the rest): a JSON object,
-    a non-empty `messages` array of objects with a string `role`, and the types of `model`, `tools`
-    and `stream`. `null` counts as absent for the optional fields.
+    Without gateway keys, `Authorization` is the agent's upstream key (as with any OpenAI proxy). With
+    them, `Authorization` carries the gateway key and the upstream key comes in `X-Upstream-Authorization`
+    (`Bearer sk-...` or the bare key). `X-Upstream-Authorization` wins whenever it is sent.
     """
-    try:
-        payload = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequestError(
-            f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): "
-            f"send a JSON object such as {_EXAMPLE}"
-        ) from exc
-    except (ValueError, RecursionError) as exc:  # bad UTF-8, or nesting too deep to parse
-        raise InvalidRequestError(
-            f"the request body is not valid JSON ({type(exc).__name__}): send UTF-8 JSON such as {_EXAMPLE}"
-        ) from exc
-    if not isinstance(payload, dict):
-        raise InvalidRequestError(
-            f"the request body must be a JSON object, not {_json_type(payload)}: send e.g. {_EXAMPLE}"
-        )
-    messages = payload.get("messages")
-    if messages is None:
-        raise InvalidRequestError(
-            "'messages' is missing: send a non-empty array of message objects, e.g. "
-            '"messages": [{"role": "user", "content": "Hello"}]',
-            param="messages",
-        )
-    if not isinstance(messages, list):
-        raise InvalidRequestError(
-            f"'messages' must be an array of message objects, not {_json_type(messages)}: "
-            'e.g. "messages": [{"role": "user", "content": "Hello"}]',
-            param="messages",
-        )
-    if not messages:
-        raise InvalidRequestError(
-            "'messages' is an empty array: send at least one message, e.g. "
-            '[{"role": "user", "content": "Hello"}]',
-            param="messages",
-        )
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise InvalidRequestError(
-                f"messages[{i}] must be an object such as "
-                f'{{"role": "user", "content": "Hello"}}, not {_json_type(message)}',
-                param=f"messages[{i}]",
-            )
-        role = message.get("role")
-        if not isinstance(role, str):
-            what = "has no 'role'" if role is None else f"has a 'role' that is {_json_type(role)}"
-            raise InvalidRequestError(
-                f"messages[{i}] {what}: give every message a string role "
-                '("system", "user", "assistant" or "tool")',
-                param=f"messages[{i}].role",
-            )
-    model = payload.get("model")
-    if model is not None and not isinstance(model, str):
-        raise InvalidRequestError(
-            f"'model' must be a string such as \"gpt-4o-mini\", not {_json_type(model)}", param="model"
-        )
-    tools = payload.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise InvalidRequestError(
-            f"'tools' must be an array of tool objects such as "
-            f'[{{"type": "function", "function": {{"name": "...", "parameters": {{...}}}}}}], '
-            f"not {_json_type(tools)}",
-            param="tools",
-        )
-    stream = payload.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequestError(
-            f"'stream' must be true or false, not {_json_type(stream)} ({json.dumps(stream)[:40]})",
-            param="stream",
-        )
-    return payload
-
-
-def _read_headers(scope: MutableMapping[str, Any]) -> tuple[dict[str, str], dict[str, str], int | None]:
-    """One pass over the raw headers: those to forward upstream, the X-Downsize-* metadata, the body length."""
-    forward = {"Content-Type": "application/json"}
-    meta: dict[str, str] = {}
-    length: int | None = None
+    head = _Head()
+    upstream_auth: str | None = None
     for name, value in scope["headers"]:
         key = _FORWARD_HEADERS.get(name)
         if key is not None:
-            forward[key] = value.decode("latin-1")
+            head.forward[key] = value.decode("latin-1")
             continue
         field = _META_HEADERS.get(name)
         if field is not None:
-            meta[field] = value.decode("utf-8", "replace")[:_META_MAX]
+            head.meta[field] = value.decode("utf-8", "replace")[:META_MAX]
+        elif name == b"authorization":
+            if gateway_auth:
+                head.token = value.decode("latin-1")
+            else:
+                head.client_auth = value.decode("latin-1")
+        elif name == b"x-upstream-authorization":
+            upstream_auth = value.decode("latin-1").strip()
         elif name == b"content-length" and value.isdigit():
-            length = int(value)
-    return forward, meta, length
-
-
-# -- responses -------------------------------------------------------------------------------------------
-
-
-def completion_events(response: dict[str, Any], include_usage: bool = False) -> bytes:
-    """A chat.completion rendered as the SSE `chat.completion.chunk` stream OpenAI clients expect.
-
-    Per choice: one chunk with the role, content and every tool call (each with its `index`), then one
-    with the finish reason; then the usage chunk if asked for; then `[DONE]`.
-    """
-    base: dict[str, Any] = {
-        "id": response.get("id"),
-        "object": "chat.completion.chunk",
-        "created": response.get("created"),
-        "model": response.get("model"),
-    }
-    if response.get("system_fingerprint"):
-        base["system_fingerprint"] = response["system_fingerprint"]
-    events: list[dict[str, Any]] = []
-    for choice in response.get("choices") or []:
-        index = choice.get("index", 0)
-        message = choice.get("message") or {}
-        delta: dict[str, Any] = {"role": message.get("role", "assistant"), "content": message.get("content")}
-        if message.get("tool_calls"):
-            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-        events.append(
-            {**base, "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}]}
-        )
-        finish = choice.get("finish_reason") or ("tool_calls" if message.get("tool_calls") else "stop")
-        events.append(
-            {**base, "choices": [{"index": index, "delta": {}, "logprobs": None, "finish_reason": finish}]}
-        )
-    if include_usage and response.get("usage") is not None:
-        events.append({**base, "choices": [], "usage": response["usage"]})
-    out = [b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n" for event in events]
-    out.append(b"data: [DONE]\n\n")
-    return b"".join(out)
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-class _Capture:
-    """What the gateway knows of one call before the response: enough to build its Exchange later."""
-
-    __slots__ = ("request", "meta", "wall", "started", "decision", "specialist_id")
-
-    def __init__(
-        self,
-        request: dict[str, Any],
-        meta: dict[str, str],
-        wall: float,
-        started: float,
-        decision: RouteDecision | None,
-        specialist_id: int | None,
-    ) -> None:
-        self.request = request
-        self.meta = meta
-        self.wall = wall
-        self.started = started
-        self.decision = decision
-        self.specialist_id = specialist_id
-
-    @property
-    def route(self) -> str:
-        return self.decision.route if self.decision is not None else "upstream"
-
-    def elapsed_ms(self) -> float:
-        return (time.perf_counter() - self.started) * 1000
-
-    def record(self, response: dict[str, Any] | None, status: int | None, latency_ms: float) -> Record:
-        kind, names = describe_response(response, status)
-        usage = response.get("usage") if isinstance(response, dict) else None
-        if not isinstance(usage, dict):
-            usage = {}
-        model = response.get("model") if isinstance(response, dict) else None
-        exchange = Exchange(
-            request=self.request,
-            response=response,
-            created_at=datetime.fromtimestamp(self.wall, UTC).isoformat(timespec="milliseconds"),
-            source="gateway",
-            agent=self.meta.get("agent"),
-            session=self.meta.get("session"),
-            task_hint=self.meta.get("task_hint"),
-            model=model if isinstance(model, str) else self.request.get("model"),
-            response_kind=kind,
-            tool_names=names,
-            prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-            completion_tokens=_int_or_none(usage.get("completion_tokens")),
-            latency_ms=round(latency_ms, 3),
-            upstream_status=status,
-            route=self.route,
-            is_hci=kind == "text",
-        )
-        return exchange, self.decision, self.specialist_id
-
-    def from_body(self, body: bytes, status: int, latency_ms: float) -> Record:
-        """Runs on the writer thread: parse the upstream's (non-streamed) answer."""
-        try:
-            parsed = json.loads(body) if body else None
-        except (ValueError, RecursionError):
-            parsed = None
-        return self.record(parsed if isinstance(parsed, dict) else None, status, latency_ms)
-
-    def from_stream(self, parts: list[bytes], status: int, latency_ms: float) -> Record:
-        """Runs on the writer thread: reassemble the relayed SSE bytes into one chat.completion."""
-        return self.record(reassemble_stream(parts), status, latency_ms)
+            head.length = int(value)
+    if upstream_auth:
+        head.client_auth = upstream_auth if " " in upstream_auth else f"Bearer {upstream_auth}"
+    return head
 
 
 # -- the app ---------------------------------------------------------------------------------------------
@@ -322,13 +142,27 @@ class _Gateway:
     """The endpoints, holding what they share (no module globals)."""
 
     def __init__(
-        self, config: GatewayConfig, router: Router | None, upstream: Upstream, writer: ExchangeWriter
+        self,
+        config: GatewayConfig,
+        router: Router | None,
+        pool: UpstreamPool,
+        writer: ExchangeWriter,
+        auth: Authorizer,
+        metrics: GatewayMetrics,
     ) -> None:
         self.config = config
         self.router = router
-        self.upstream = upstream
+        self.pool = pool
         self.writer = writer
+        self.auth = auth
+        self.auth_on = auth.enabled
+        self.metrics = metrics
+        self.sync = config.capture_mode == "sync"
+        self.block = config.queue_policy == "block"
+        self.wait_s = config.capture_wait_s
+        self.specialist_timeout_s = config.specialist_timeout_s
         self.executor: ThreadPoolExecutor | None = None
+        self._stuck: Future[RouteOutcome] | None = None  # a specialist call still running past its timeout
         self.local_models: list[dict[str, Any]] = []
         if router is not None:
             self.local_models.append(
@@ -351,14 +185,34 @@ class _Gateway:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
 
+    # -- shared steps ------------------------------------------------------------------------------------
+
+    def _capture(self, item: Item) -> Awaitable[bool]:
+        """Hand an exchange to the writer under the configured mode and policy (never raises)."""
+        if self.sync:
+            return self.writer.put_committed(item, self.block, self.wait_s)
+        return self.writer.put_async(item, self.block, self.wait_s)
+
+    def _observe(self, capture: Capture, status: int) -> None:
+        kind = capture.route_kind
+        self.metrics.requests.inc(kind, str(status))
+        self.metrics.latency.observe(time.perf_counter() - capture.started, kind)
+
+    # -- chat completions --------------------------------------------------------------------------------
+
     async def chat_completions(self, request: Request) -> Response:
         started = time.perf_counter()
         wall = time.time()
-        forward, meta, length = _read_headers(request.scope)
+        head = read_headers(request.scope, self.auth_on)
+        if self.auth_on:
+            denied = self.auth.check(head.token, CALL_MODELS)
+            if denied is not None:
+                return denied
         try:
-            body = await read_body(request, self.config.max_body_bytes, length)
+            body = await read_body(request, self.config.max_body_bytes, head.length)
             payload = parse_chat_request(body)
         except InvalidRequestError as exc:
+            self.metrics.requests.inc("rejected", str(exc.status))
             return error_response(exc.status, str(exc), param=exc.param)
         stream = payload.get("stream") is True
         decision: RouteDecision | None = None
@@ -369,8 +223,9 @@ class _Gateway:
             if outcome is not None:
                 decision, specialist_id = outcome.decision, outcome.specialist_id
                 if decision is not None and decision.served and outcome.response is not None:
-                    capture = _Capture(payload, meta, wall, started, decision, specialist_id)
-                    self.writer.put(partial(capture.record, outcome.response, None, capture.elapsed_ms()))
+                    capture = Capture(payload, head.meta, wall, started, decision, specialist_id)
+                    await self._capture(partial(capture.record, outcome.response, None, capture.elapsed_ms()))
+                    self._observe(capture, 200)
                     headers = {"X-Downsize-Route": decision.route}
                     if stream:
                         options = payload.get("stream_options")
@@ -381,73 +236,107 @@ class _Gateway:
                             headers={**headers, **_SSE_HEADERS},
                         )
                     return JSONResponse(outcome.response, headers=headers)
-        capture = _Capture(payload, meta, wall, started, decision, specialist_id)
+                if decision is not None and not decision.served:
+                    self.metrics.fallbacks.inc(decision.reason.split(":", 1)[0])
+        capture = Capture(payload, head.meta, wall, started, decision, specialist_id)
         if stream:
-            return await self._forward_stream(body, forward, capture)
-        return await self._forward(body, forward, capture)
+            return await self._forward_stream(body, head, capture)
+        return await self._forward(body, head, capture)
 
     async def _route(self, router: Router, payload: dict[str, Any]) -> RouteOutcome | None:
-        loop = asyncio.get_running_loop()
+        """The router's answer within `specialist_timeout_s`; past it (or while a timed-out call still
+        runs), a `specialist_timeout` fallback. None when the router itself failed."""
+        stuck = self._stuck
+        if stuck is not None:
+            if not stuck.done():
+                return self._timed_out(router, 0.0)
+            self._stuck = None
+        future = self.router_executor().submit(router.route, payload)
         try:
-            return await loop.run_in_executor(self.router_executor(), router.route, payload)
+            if self.specialist_timeout_s is None:
+                return await asyncio.wrap_future(future)
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.specialist_timeout_s)
+        except TimeoutError:
+            if not future.cancel():  # running: the thread cannot be stopped, so later calls skip it
+                self._stuck = future
+            logger.warning(
+                "the specialist did not answer within %s s; forwarding upstream", self.specialist_timeout_s
+            )
+            return self._timed_out(
+                router, self.specialist_timeout_s * 1000 if self.specialist_timeout_s else 0
+            )
         except Exception:  # a router bug must not fail the agent's call: log it and go upstream
             logger.exception("the router failed; forwarding the request upstream")
             return None
 
-    def _upstream_failed(self, exc: UpstreamError, capture: _Capture) -> JSONResponse:
+    @staticmethod
+    def _timed_out(router: Router, waited_ms: float) -> RouteOutcome:
+        decision = RouteDecision(
+            served=False,
+            reason="specialist_timeout",
+            specialist=str(router.specialist.id),
+            threshold=router.threshold,
+            latency_ms=waited_ms,
+        )
+        return RouteOutcome(decision=decision, specialist_id=router.specialist.id)
+
+    async def _upstream_failed(self, exc: UpstreamError, capture: Capture) -> JSONResponse:
         if isinstance(exc, UpstreamTimeoutError):
             status, code = 504, "upstream_timeout"
         else:
             status, code = 502, "upstream_unreachable"
         logger.warning("upstream call failed: %s", exc)
         body = {"error": {"message": str(exc), "type": "upstream_error", "param": None, "code": code}}
-        self.writer.put(capture.record(body, None, capture.elapsed_ms()))
+        await self._capture(capture.record(body, None, capture.elapsed_ms()))
+        self._observe(capture, status)
         return JSONResponse(body, status_code=status, headers={"X-Downsize-Route": capture.route})
 
-    async def _forward(self, body: bytes, forward: dict[str, str], capture: _Capture) -> Response:
+    async def _forward(self, body: bytes, head: _Head, capture: Capture) -> Response:
         try:
-            status, headers, data = await self.upstream.post_chat(body, forward)
+            status, headers, data = await self.pool.post_chat(body, head.forward, head.client_auth)
         except UpstreamError as exc:
-            return self._upstream_failed(exc, capture)
-        self.writer.put(partial(capture.from_body, data, status, capture.elapsed_ms()))
+            return await self._upstream_failed(exc, capture)
+        await self._capture(partial(capture.from_body, data, status, capture.elapsed_ms()))
         headers["X-Downsize-Route"] = capture.route
+        self._observe(capture, status)
         return Response(data, status_code=status, headers=headers)
 
-    async def _forward_stream(self, body: bytes, forward: dict[str, str], capture: _Capture) -> Response:
+    async def _forward_stream(self, body: bytes, head: _Head, capture: Capture) -> Response:
         try:
-            stream = await self.upstream.stream_chat(body, forward)
+            stream = await self.pool.stream_chat(body, head.forward, head.client_auth)
         except UpstreamError as exc:
-            return self._upstream_failed(exc, capture)
+            return await self._upstream_failed(exc, capture)
         headers = stream.headers
         headers["X-Downsize-Route"] = capture.route
-        if stream.status >= 400 or not stream.is_event_stream:
+        if isinstance(stream, BufferedReply) or stream.status >= 400 or not stream.is_event_stream:
             # An error (or a server that ignored `stream`) answers with one JSON body: pass it on whole.
             try:
                 data = await stream.read()
             except UpstreamError as exc:
-                return self._upstream_failed(exc, capture)
+                return await self._upstream_failed(exc, capture)
             finally:
                 stream.release()
-            self.writer.put(partial(capture.from_body, data, stream.status, capture.elapsed_ms()))
+            await self._capture(partial(capture.from_body, data, stream.status, capture.elapsed_ms()))
+            self._observe(capture, stream.status)
             return Response(data, status_code=stream.status, headers=headers)
         return StreamingResponse(self._relay(stream, capture), status_code=stream.status, headers=headers)
 
-    async def _relay(self, stream: UpstreamStream, capture: _Capture) -> AsyncIterator[bytes]:
+    async def _relay(self, stream: UpstreamStream, capture: Capture) -> AsyncIterator[bytes]:
         """Pass SSE bytes on as they arrive, keeping them for the log; a broken stream ends with an error event.
 
-        The exchange is queued as soon as `[DONE]` arrives, before the client can see it, so that once an
-        agent has its answer, a `flush()` of the writer covers the exchange.
+        The exchange is queued as soon as `[DONE]` arrives, before the client can see it (and in sync mode
+        committed before), so that once an agent has its answer, a `flush()` of the writer covers it.
         """
         parts: list[bytes] = []
         logged = False
         try:
             async for chunk in stream.chunks():
                 parts.append(chunk)
-                if b"[DONE]" in chunk[-16:]:
-                    self.writer.put(
+                if not logged and b"[DONE]" in chunk[-16:]:
+                    logged = True
+                    await self._capture(
                         partial(capture.from_stream, list(parts), stream.status, capture.elapsed_ms())
                     )
-                    logged = True
                 yield chunk
         except UpstreamError as exc:
             logger.warning("upstream stream broke: %s", exc)
@@ -462,20 +351,27 @@ class _Gateway:
             event = b"data: " + json.dumps(error).encode() + b"\n\n"
             parts.append(event)
             if not logged:
-                self.writer.put(partial(capture.from_stream, parts, stream.status, capture.elapsed_ms()))
                 logged = True
+                await self._capture(partial(capture.from_stream, parts, stream.status, capture.elapsed_ms()))
             yield event
         finally:
             stream.release()
-            if not logged:  # the stream ended without [DONE], or the client went away
+            self._observe(capture, stream.status)
+            if not logged:  # the stream ended without [DONE], or the client went away: never wait here
                 self.writer.put(partial(capture.from_stream, parts, stream.status, capture.elapsed_ms()))
 
+    # -- models, health, metrics -------------------------------------------------------------------------
+
     async def models(self, request: Request) -> Response:
-        forward, _, _ = _read_headers(request.scope)
-        del forward["Content-Type"]
+        head = read_headers(request.scope, self.auth_on)
+        if self.auth_on:
+            denied = self.auth.check(head.token, CALL_MODELS)
+            if denied is not None:
+                return denied
+        del head.forward["Content-Type"]
         local = self.local_models
         try:
-            status, data = await self.upstream.models(forward)
+            status, data = await self.pool.models(head.forward, head.client_auth)
         except UpstreamError as exc:
             if not local:
                 return self._models_unreachable(exc)
@@ -500,18 +396,6 @@ class _Gateway:
             return error_response(504, str(exc), type_="upstream_error", code="upstream_timeout")
         return error_response(502, str(exc), type_="upstream_error", code="upstream_unreachable")
 
-    async def health(self, request: Request) -> Response:
-        return JSONResponse(
-            {
-                "status": "ok",
-                "queue_depth": self.writer.depth,
-                "specialist": self.router.specialist.name if self.router is not None else None,
-                "written": self.writer.written,
-                "write_failures": self.writer.failed,
-                "dropped": self.writer.dropped,
-            }
-        )
-
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     """404 and 405 (and any other HTTPException) as OpenAI-shaped errors."""
@@ -520,7 +404,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         message = (
             f"unknown path {request.method} {request.url.path}: the gateway serves "
-            "POST /v1/chat/completions, GET /v1/models and GET /health"
+            "POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics and /v1/downsize/..."
         )
         return error_response(404, message, code="unknown_url", headers=headers)
     if exc.status_code == 405:
@@ -539,40 +423,127 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     )
 
 
+def build_pool(config: GatewayConfig, metrics: GatewayMetrics | None = None) -> UpstreamPool:
+    """The upstreams of `config` in fallback order, their own keys read from the environment now."""
+    upstreams = []
+    for index, target in enumerate(config.upstreams):
+        env = target.api_key_env or config.upstream_api_key_env
+        key = None
+        if env is not None:
+            key = os.environ.get(env) or None
+            if key is None:
+                raise ConfigError(f"the key for upstream {target.url} is read from ${env}, which is not set")
+        upstreams.append(
+            Upstream(
+                target.url,
+                timeout_s=config.upstream_timeout_s,
+                connect_timeout_s=config.upstream_connect_timeout_s,
+                api_key=key,
+                # A fallback's own key replaces the agent's, which must not reach another provider.
+                own_key=index > 0 and target.api_key_env is not None,
+            )
+        )
+    hook = None
+    if metrics is not None:
+        attempts = metrics.upstream_attempts
+
+        def hook(upstream: Upstream, outcome: str) -> None:
+            attempts.inc(upstream.label, outcome)
+
+    return UpstreamPool(
+        upstreams,
+        retries=config.upstream_retries,
+        retry_statuses=config.retry_statuses,
+        backoff_base_s=config.backoff_base_s,
+        backoff_max_s=config.backoff_max_s,
+        on_attempt=hook,
+    )
+
+
 def create_app(
     config: GatewayConfig,
     store: Store,
     router: Router | None = None,
-    upstream: Upstream | None = None,
+    upstream: Upstream | UpstreamPool | None = None,
 ) -> Starlette:
-    """The gateway app. The upstream's connection pool and the exchange writer live as long as the app's
-    lifespan (startup opens them, shutdown drains and closes them); `app.state.writer` is the writer."""
-    upstream = upstream or Upstream(config.upstream, timeout_s=config.upstream_timeout_s)
-    writer = ExchangeWriter(store)
-    gateway = _Gateway(config, router, upstream, writer)
+    """The gateway app. The upstreams' connection pools and the exchange writer live as long as the app's
+    lifespan (startup opens them, shutdown drains and closes them); `app.state.writer` is the writer.
+
+    Configuration errors (a missing key variable, encryption asked for without a store key, a redaction
+    hook that does not import) raise ConfigError here, before anything is served.
+    """
+    metrics = GatewayMetrics()
+    keys = KeyRing.from_config(config.gateway_keys)
+    hasher = OriginHasher.from_env(config.anonymize_key_env) if config.anonymize else None
+    if config.encrypt_bodies and not getattr(store, "encrypts", False):
+        raise ConfigError(
+            f"encrypt_bodies is on but the store has no key: set ${config.store_key_env} to base64 of 32 random "
+            "bytes before starting the gateway"
+        )
+    if isinstance(upstream, Upstream):
+        pool = UpstreamPool(
+            [upstream],
+            retries=config.upstream_retries,
+            retry_statuses=config.retry_statuses,
+            backoff_base_s=config.backoff_base_s,
+            backoff_max_s=config.backoff_max_s,
+        )
+    else:
+        pool = upstream or build_pool(config, metrics)
+    writer = ExchangeWriter(
+        store,
+        max_batch=config.capture_batch,
+        # sync capture commits as soon as it can (a request is waiting); async lingers to batch
+        max_wait_s=0.0 if config.capture_mode == "sync" else config.capture_interval_s,
+        max_queue=config.queue_max,
+        prepare=capture_pipeline(hasher, config.redact),
+        observe_write=metrics.store_write.observe,
+    )
+    metrics.watch_writer(writer)
+    auth = Authorizer(keys, metrics.auth_failures)
+    gateway = _Gateway(config, router, pool, writer, auth, metrics)
+    admin = AdminEndpoints(config, store, router, writer, auth, hasher, metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         writer.start()
-        await upstream.start()
+        await pool.start()
         try:
             yield
         finally:
             gateway.shutdown_router()
-            await upstream.close()
+            await pool.close()
             await asyncio.to_thread(writer.close)
+            logger.info("gateway stopped; %d exchange(s) written, %d dropped", writer.written, writer.dropped)
 
+    middleware = []
+    if config.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=config.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=_CORS_HEADERS,
+                expose_headers=["X-Downsize-Route"],
+            )
+        )
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
             Route("/v1/models", gateway.models, methods=["GET"]),
-            Route("/health", gateway.health, methods=["GET"]),
+            Route("/health", admin.health, methods=["GET"]),
+            Route("/metrics", admin.prometheus, methods=["GET"]),
+            Route("/v1/downsize/outcomes", admin.outcomes, methods=["POST"]),
+            Route("/v1/downsize/exchanges", admin.exchanges, methods=["GET"]),
+            Route("/v1/downsize/specialists", admin.specialists, methods=["GET"]),
         ],
+        middleware=middleware,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )
     app.state.writer = writer
-    app.state.upstream = upstream
+    app.state.upstream = pool
     app.state.router = router
     app.state.config = config
+    app.state.metrics = metrics
     return app

@@ -2,7 +2,8 @@
 
 uvicorn traps SIGINT/SIGTERM, stops accepting, lets open requests finish (for at most
 `GRACEFUL_SHUTDOWN_S`), then runs the app's lifespan shutdown, which drains the exchange writer
-into the store before the process exits.
+into the store before the process exits. Logs (uvicorn's too) go to stderr as JSON lines by default,
+with anything that looks like a key masked (`downsize.gateway.logs`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def uvicorn_config(config: GatewayConfig, app: Any, **overrides: Any) -> uvicorn
         "workers": 1,
         "server_header": False,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
-        "log_level": "info",
+        "log_level": config.log_level,
+        "log_config": None,  # logging is the process's (configure_logging), not uvicorn's own setup
     }
     settings.update(overrides)
     return uvicorn.Config(app, **settings)
@@ -46,6 +48,8 @@ def serve(config: GatewayConfig, store: Store, router: Router | None = None) -> 
     import uvicorn
 
     from downsize.gateway.app import create_app
+    from downsize.gateway.logs import configure_logging
 
+    configure_logging(config.log_format, config.log_level)
     app = create_app(config, store, router)
     uvicorn.Server(uvicorn_config(config, app)).run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from downsize.errors import NoSpecialistError
+from downsize.route.gate import TaskGate
 from downsize.route.router import Router
 from downsize.store import Store
 
@@ -30,4 +31,5 @@ def load_router(store: Store, specialist: str | None = None, threshold: float | 
         runtime=runtime,
         threshold=chosen,
         task_tools=frozenset(sp.config.get("task_tools", [])),
+        gate=TaskGate.load(sp.adapter_path),
     )

@@ -15,6 +15,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from downsize.prompting import TEXT_REPLY
+from downsize.route.gate import TaskGate
 from downsize.route.validate import validate_call
 from downsize.shapes import completion, tool_names
 from downsize.types import RouteDecision, Specialist, ToolCall
@@ -33,10 +35,17 @@ class Generation:
 
 
 class SpecialistRuntime(Protocol):
-    """Generates one tool call for a chat request (transformers today; llama.cpp or vLLM later)."""
+    """Generates one tool call for a chat request (transformers today; llama.cpp or vLLM later).
+
+    With `tool` given, the tool is fixed (the task gate chose it) and only its arguments are generated.
+    """
 
     def generate(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], stop_below: float | None = None
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        stop_below: float | None = None,
+        tool: str | None = None,
     ) -> Generation: ...
 
 
@@ -57,6 +66,7 @@ class Router:
     runtime: SpecialistRuntime
     threshold: float
     task_tools: frozenset[str] = field(default_factory=frozenset)
+    gate: TaskGate | None = None  # decides text-or-which-tool before the student fills the arguments
 
     def applies(self, request: dict[str, Any]) -> str | None:
         """None when the specialist may answer this request, else the reason it may not."""
@@ -79,21 +89,39 @@ class Router:
         decision = RouteDecision(
             served=False, reason="", specialist=str(self.specialist.id), threshold=self.threshold
         )
+        tool = None
+        gate_logp = 0.0
+        if self.gate is not None:
+            gated = self.gate.decide(request["messages"])
+            gate_logp = gated.log_probability
+            decision.confidence = gate_logp
+            decision.candidate = f"gate: {gated.label} p={gated.probability:.3f}"
+            if gated.label == TEXT_REPLY or gate_logp < self.threshold:
+                decision.reason = "gate_text" if gated.label == TEXT_REPLY else "low_confidence"
+                decision.latency_ms = (time.perf_counter() - started) * 1000
+                return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
+            if gated.label not in tool_names(request):
+                decision.reason = "invalid_output:unknown_tool"
+                decision.latency_ms = (time.perf_counter() - started) * 1000
+                return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
+            tool = gated.label
         try:
-            gen = self.runtime.generate(request["messages"], request["tools"], stop_below=self.threshold)
+            gen = self.runtime.generate(
+                request["messages"], request["tools"], stop_below=self.threshold, tool=tool
+            )
         except Exception as exc:  # any runtime failure must fall back, never fail the agent's call
             decision.reason = "specialist_error"
             decision.candidate = f"{type(exc).__name__}: {exc}"[:500]
             decision.latency_ms = (time.perf_counter() - started) * 1000
             return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
         decision.latency_ms = (time.perf_counter() - started) * 1000
-        decision.confidence = gen.min_logprob
+        decision.confidence = min(gen.min_logprob, gate_logp)
         decision.candidate = gen.text[:2000]
         if gen.stopped_early:
             decision.reason = "low_confidence"
             return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
         problem = validate_call(gen.call, request["tools"]) if gen.call else "incomplete"
-        if problem is None and gen.min_logprob < self.threshold:
+        if problem is None and decision.confidence < self.threshold:
             decision.reason = "low_confidence"
             return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
         if problem:

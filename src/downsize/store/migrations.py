@@ -34,8 +34,15 @@ def add_column_if_missing(conn: Connection, table: str, column: str, ddl_type: s
         conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl_type}"))
 
 
+def m002_curation(conn: Connection) -> None:
+    """Curation runs and the curated (masked) view of exchanges; m001 already made them on a new database."""
+    schema.curation_runs.create(conn, checkfirst=True)
+    schema.curated_exchanges.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m001_initial", m001_initial),
+    ("m002_curation", m002_curation),
 ]
 
 

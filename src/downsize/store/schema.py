@@ -76,3 +76,30 @@ route_decisions = Table(
     Column("latency_ms", Float),
 )
 Index("ix_route_decisions_exchange", route_decisions.c.exchange_id)
+
+# -- curation (m002_curation) ------------------------------------------------------------------------
+
+curation_runs = Table(
+    "curation_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", String(32), nullable=False),
+    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("config", JSON, nullable=False),  # the resolved CurateConfig
+    Column("report", JSON),  # counts by reason, PII values masked by entity, timings
+)
+
+curated_exchanges = Table(
+    "curated_exchanges",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, ForeignKey("curation_runs.id"), nullable=False),
+    Column("exchange_id", Integer, ForeignKey("exchanges.id"), nullable=False),
+    Column("kept", Boolean, nullable=False),
+    Column("reason", String(32)),  # why it was removed (error, empty, refused, hci, ...); null when kept
+    Column("is_hci", Boolean),  # a text reply to a human (flagged whether kept or not)
+    Column("request", JSON),  # masked copy, stored for kept exchanges only
+    Column("response", JSON),
+    Column("pii", JSON),  # distinct values masked in this exchange's conversation, by entity
+)
+Index("ix_curated_run_kept", curated_exchanges.c.run_id, curated_exchanges.c.kept)

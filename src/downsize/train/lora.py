@@ -180,6 +180,7 @@ def train_specialist(
     out_dir = out_dir or home() / "specialists" / f"{config.specialist}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
+    gate_stats = fit_gate(store, config, out_dir) if config.gate else None
     result = TrainResult(
         adapter_path=out_dir,
         examples=len(examples),
@@ -204,6 +205,7 @@ def train_specialist(
             k: v for k, v in asdict(result).items() if k not in ("adapter_path", "losses", "specialist_id")
         },
         "losses": losses,
+        "gate": gate_stats,
     }
     (out_dir / "downsize.json").write_text(json.dumps(manifest, indent=2))
     tasks = sorted({name for ex in exchanges for name in _offered(ex.request)})
@@ -218,6 +220,27 @@ def train_specialist(
     )
     result.specialist_id = store.add_specialist(specialist)
     return result
+
+
+def fit_gate(store: Store, config: TrainConfig, out_dir: Path) -> dict[str, Any]:
+    """Fit the task gate on every dev-split training call (text replies included) and save it beside the adapter."""
+    from downsize.prompting import gate_text
+    from downsize.route.gate import TaskGate, gate_label
+    from downsize.splits import dev_role
+
+    texts, labels = [], []
+    for ex in store.exchanges(split="dev"):
+        if ex.response_kind in ("tool_call", "text") and dev_role(ex, config.validation_fraction) == "train":
+            texts.append(gate_text(ex.request.get("messages") or []))
+            labels.append(gate_label(ex.response_kind, ex.tool_names))
+    started = time.perf_counter()
+    gate = TaskGate.fit(texts, labels, seed=config.seed)
+    gate.save(out_dir)
+    return {
+        "examples": len(texts),
+        "labels": len(set(labels)),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 def _offered(request: dict[str, Any]) -> list[str]:

@@ -1,0 +1,130 @@
+"""The gateway's own endpoints: health, metrics, workflow outcomes, and reading logs and specialists.
+
+They share the app's store, writer and metrics but none of the request path; each checks its role first
+(`downsize.gateway.auth`). Store reads run in a thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from downsize.config import GatewayConfig
+from downsize.errors import InvalidRequestError, StoreError
+from downsize.gateway.auth import CALL_MODELS, MANAGE, READ_LOGS, Authorizer, OriginHasher
+from downsize.gateway.metrics import GatewayMetrics
+from downsize.gateway.protocol import error_response, parse_outcome, read_body
+from downsize.gateway.writer import ExchangeWriter
+
+if TYPE_CHECKING:
+    from downsize.route.router import Router
+    from downsize.store.store import Store
+
+logger = logging.getLogger(__name__)
+
+META_MAX = 200  # the store's column width for session, agent and task ids
+_MAX_SMALL_BODY = 64 * 1024  # these endpoints take small JSON bodies
+
+
+class AdminEndpoints:
+    """`/health`, `/metrics` and `/v1/downsize/...`."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: Store,
+        router: Router | None,
+        writer: ExchangeWriter,
+        auth: Authorizer,
+        hasher: OriginHasher | None,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.router = router
+        self.writer = writer
+        self.auth = auth
+        self.hasher = hasher
+        self.metrics = metrics
+        self.wait_s = config.capture_wait_s
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "queue_depth": self.writer.depth,
+                "specialist": self.router.specialist.name if self.router is not None else None,
+                "capture_mode": self.config.capture_mode,
+                "written": self.writer.written,
+                "write_failures": self.writer.failed,
+                "dropped": self.writer.dropped,
+            }
+        )
+
+    async def prometheus(self, request: Request) -> Response:
+        if not self.config.public_metrics:
+            denied = self.auth.check(request.headers.get("authorization"), READ_LOGS)
+            if denied is not None:
+                return denied
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def outcomes(self, request: Request) -> Response:
+        """Record a workflow's outcome on every exchange of its session (after what is queued is written)."""
+        denied = self.auth.check(request.headers.get("authorization"), CALL_MODELS)
+        if denied is not None:
+            return denied
+        try:
+            session, success = parse_outcome(await read_body(request, _MAX_SMALL_BODY))
+        except InvalidRequestError as exc:
+            return error_response(exc.status, str(exc), param=exc.param)
+        stored = session[:META_MAX]
+        if self.hasher is not None:
+            stored = self.hasher(stored)
+        await self.writer.flush_async(self.wait_s)
+        try:
+            updated = await asyncio.to_thread(self.store.set_outcome, stored, 1.0 if success else 0.0)
+        except StoreError as exc:
+            logger.error("could not record an outcome: %s", str(exc)[:300])
+            return error_response(503, "the store could not record the outcome; retry", type_="server_error")
+        return JSONResponse(
+            {"object": "downsize.outcome", "session": session, "success": success, "updated": updated}
+        )
+
+    async def exchanges(self, request: Request) -> Response:
+        """The newest exchanges, newest first (reader or admin)."""
+        denied = self.auth.check(request.headers.get("authorization"), READ_LOGS)
+        if denied is not None:
+            return denied
+        raw = request.query_params.get("limit", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            return error_response(
+                400, f"limit must be a whole number from 1 to 1000, not {raw!r}", param="limit"
+            )
+        try:
+            rows = await asyncio.to_thread(self.store.recent_exchanges, int(raw))
+        except StoreError as exc:
+            return error_response(500, str(exc), type_="server_error", code="store_error")
+        return JSONResponse({"object": "list", "data": [asdict(row) for row in rows]})
+
+    async def specialists(self, request: Request) -> Response:
+        """Every specialist version with its status and threshold (admin)."""
+        denied = self.auth.check(request.headers.get("authorization"), MANAGE)
+        if denied is not None:
+            return denied
+        try:
+            rows = await asyncio.to_thread(self.store.specialists)
+        except StoreError as exc:
+            return error_response(500, str(exc), type_="server_error", code="store_error")
+        live = self.router.specialist.id if self.router is not None else None
+        return JSONResponse(
+            {
+                "object": "list",
+                "routing": live,
+                "data": [{**asdict(row), "routing": row.id == live} for row in rows],
+            }
+        )
