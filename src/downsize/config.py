@@ -64,6 +64,9 @@ class TrainConfig:
     max_minutes: float | None = None  # stop after this many minutes of training
     seed: int = 0
     threads: int | None = None  # torch threads; default: all cores
+    curated: bool = (
+        False  # train on the newest `downsize curate` run (masked, deduplicated) instead of raw logs
+    )
     gate: bool = True  # fit the task gate (text or which tool) on every training call, text replies included
 
 

@@ -86,6 +86,7 @@ def import_tau(path: Path | None, db: str | None) -> None:
 @click.option("--max-prompt-tokens", type=int, help="Token budget of the pruned prompt.")
 @click.option("--seed", type=int)
 @click.option("--threads", type=int, help="torch threads (default: all cores).")
+@click.option("--curated", is_flag=True, default=None, help="Train on the newest `downsize curate` run.")
 @db_option
 def train(config_file: Path | None, db: str | None, **flags: Any) -> None:
     """LoRA-fine-tune a student on the dev split's tool calls (pruned prompts, loss on the call only)."""
@@ -325,6 +326,14 @@ def demo(max_minutes: float, data: Path | None) -> None:
     summary = run_demo(data or default_tau_airline(), train_minutes=max_minutes)
     click.echo(json.dumps(summary, indent=2))
 
+
+def _register() -> None:
+    from downsize.cli.curate import curate
+
+    main.add_command(curate)
+
+
+_register()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,8 +31,14 @@ def training_exchanges(
     store: Store, config: TrainConfig, role: str = "train", source: str | None = None
 ) -> list[Exchange]:
     """Dev-split, machine-facing tool-call exchanges in the given role (train or validation)."""
+    if config.curated:
+        from downsize.curate.view import curated_training_exchanges
+
+        candidates = curated_training_exchanges(store, source=source)
+    else:
+        candidates = list(store.exchanges(source=source, split="dev", response_kind="tool_call"))
     out = []
-    for ex in store.exchanges(source=source, split="dev", response_kind="tool_call"):
+    for ex in candidates:
         if ex.is_hci:
             continue
         if dev_role(ex, config.validation_fraction) == role:
