@@ -163,3 +163,12 @@ def test_gate_round_trips_through_its_file(tmp_path) -> None:
     text = "LAST user: my user id is someone_9"
     assert again.decide_texts([text])[0] == gate.decide_texts([text])[0]
     assert TaskGate.load(tmp_path / "missing") is None
+
+
+def test_shadow_mode_decides_and_logs_but_never_serves() -> None:
+    call = ToolCall("get_user_details", {"user_id": "u1"})
+    r = router(gen('get_user_details {"user_id":"u1"}', -0.1, call))
+    r.shadow = True
+    out = r.route(REQUEST)
+    assert out.decision is not None and not out.decision.served and out.response is None
+    assert out.decision.reason == "shadow" and out.decision.candidate == 'get_user_details {"user_id":"u1"}'

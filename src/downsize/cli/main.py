@@ -151,21 +151,38 @@ def eval_cmd(specialist: str | None, config_file: Path | None, db: str | None, *
 
 @main.command()
 @click.argument("specialist")
+@click.option(
+    "--to", "to", type=click.Choice(["shadow", "live"]), help="Target status (default: the next one)."
+)
+@click.option(
+    "--target",
+    type=float,
+    default=0.90,
+    show_default=True,
+    help="Agreement lower bound (95% Wilson) live needs.",
+)
+@click.option(
+    "--min-served", type=int, default=20, show_default=True, help="Served validation calls live needs."
+)
 @db_option
-def promote(specialist: str, db: str | None) -> None:
-    """Make a specialist live (it needs a calibrated threshold: run `downsize eval` first)."""
+def promote(specialist: str, to: str | None, target: float, min_served: int, db: str | None) -> None:
+    """Move a specialist candidate -> shadow -> live, only when its gate holds on held-out calls.
+
+    shadow needs a calibrated threshold (`downsize eval`): the specialist then runs beside the LLM and logs
+    what it would have answered. live needs the 95% lower bound of its validation agreement at that
+    threshold to reach --target on at least --min-served calls.
+    """
+    from downsize.evaluate.promotion import ORDER, promotion_gate
+
     store = _store(db)
     sp = store.specialist(specialist)
-    if sp.threshold is None:
-        raise DownsizeError(
-            f"specialist {sp.name} (id {sp.id}) has no calibrated threshold: run `downsize eval {sp.id}` first "
-            "(if eval found none, no threshold reached the target agreement and it should not serve)"
-        )
     assert sp.id is not None
-    store.set_live(sp.id)
-    click.echo(
-        f"specialist {sp.name} (id {sp.id}) is live for task {sp.task} at threshold {sp.threshold:.4f}"
-    )
+    to = to or (ORDER[ORDER.index(sp.status) + 1] if sp.status in ORDER[:-1] else "live")
+    result = promotion_gate(sp, to, target, min_served)
+    if not result.allowed:
+        raise DownsizeError(f"cannot promote specialist {sp.name} (id {sp.id}) to {to}: {result.reason}")
+    store.set_status(sp.id, to)
+    click.echo(f"specialist {sp.name} (id {sp.id}) is {to} for task {sp.task}: {result.reason}")
 
 
 @main.command()

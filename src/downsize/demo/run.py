@@ -20,7 +20,9 @@ from downsize.config import EvalConfig, GatewayConfig, TrainConfig, home
 from downsize.demo.recorded_upstream import create_recorded_upstream, recordings
 from downsize.demo.servers import BackgroundServer
 from downsize.evaluate.metrics import exact_match, wilson_lower
+from downsize.evaluate.promotion import promotion_gate
 from downsize.importers.tau_airline import import_tau_airline
+from downsize.prompting import parse_target
 from downsize.route.gate import TaskGate
 from downsize.route.router import Router
 from downsize.shapes import response_message, tool_calls
@@ -101,22 +103,31 @@ def run_demo(data: Path, train_minutes: float = 8.0, store: Store | None = None)
     report = evaluate_specialist(store, specialist, EvalConfig(), runtime=runtime)
     threshold = report["threshold"]
     assert specialist.id is not None
-    if threshold is not None:
-        store.set_live(specialist.id)
+    # the product's own rule: live only through the promotion gate; otherwise shadow (log, never serve)
+    gate_live = promotion_gate(specialist, "live")
+    status = (
+        "live"
+        if gate_live.allowed
+        else "shadow"
+        if promotion_gate(specialist, "shadow").allowed
+        else "candidate"
+    )
+    if status != "candidate":
+        store.set_status(specialist.id, status)
         specialist = store.specialist(specialist.id)
-        _say(
-            f"threshold {threshold:.4f} reached {EvalConfig().target_agreement:.0%} on validation: specialist is live"
-        )
-    else:
+    if threshold is None:
         _say(
             "no threshold reached the target on validation: the specialist serves nothing (every call falls back)"
         )
+    else:
+        _say(f"threshold {threshold:.4f}; promotion: {status} ({gate_live.reason})")
     router = Router(
         specialist=specialist,
         runtime=runtime,
         threshold=threshold if threshold is not None else math.inf,
         task_tools=frozenset(specialist.config.get("task_tools", [])),
         gate=TaskGate.load(specialist.adapter_path),
+        shadow=status == "shadow",
     )
 
     run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -128,20 +139,32 @@ def run_demo(data: Path, train_minutes: float = 8.0, store: Store | None = None)
             replayed = replay(store, gateway_url, run_id)
             app.state.writer.flush(30)
 
-    # the route each call took, as the gateway stored it
-    routes = {
-        ex.session: ex.route or "upstream"
+    # the route each call took, as the gateway stored it, and what a shadow specialist would have answered
+    logged = {
+        ex.session: ex
         for ex in store.exchanges(source="gateway")
         if (ex.session or "").startswith(run_id + "/")
     }
+    candidates = {
+        d["exchange_id"]: d["candidate"] for d in store.route_decisions() if d["reason"] == "shadow"
+    }
     fallbacks: Counter[str] = Counter()
     latency: dict[str, list[float]] = {"specialist": [], "fallback": [], "upstream": []}
+    shadow_served = shadow_agreed = 0
     for rec in replayed:
-        route = routes.get(f"{run_id}/{rec['exchange'].id}", "missing")
+        row = logged.get(f"{run_id}/{rec['exchange'].id}")
+        route = (row.route if row else None) or "missing"
         path = route.split(":", 1)[0] if route.startswith(("specialist:", "fallback:")) else "upstream"
         latency[path].append(rec["elapsed_ms"])
         if path == "fallback":
             fallbacks[route.removeprefix("fallback:")] += 1
+        if row is not None and row.id in candidates:
+            shadow_served += 1
+            teacher = tool_calls(response_message(rec["exchange"].response))
+            shadow_agreed += exact_match(
+                parse_target(candidates[row.id] or ""), teacher[0] if teacher else None
+            )
+    routes = logged
     served_recs = [r for r in replayed if r["by_specialist"]]
     served, agreed = len(served_recs), sum(r["agrees"] for r in served_recs)
     tool_call_count = sum(1 for r in replayed if r["teacher_called"])
@@ -158,6 +181,11 @@ def run_demo(data: Path, train_minutes: float = 8.0, store: Store | None = None)
         "fallbacks": dict(sorted(fallbacks.items())),
         "latency_ms_p50": {path: _p50(values) for path, values in latency.items()},  # as the agent sees it
         "threshold": threshold,
+        "status": status,
+        "promotion": gate_live.reason,
+        "shadow_would_serve": shadow_served,
+        "shadow_agreement": round(shadow_agreed / shadow_served, 4) if shadow_served else None,
+        "shadow_agreement_lower95": round(wilson_lower(shadow_agreed, shadow_served), 4),
         "specialist": {
             "id": specialist.id,
             "student": specialist.base_model,

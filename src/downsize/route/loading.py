@@ -9,14 +9,17 @@ from downsize.store import Store
 
 
 def load_router(store: Store, specialist: str | None = None, threshold: float | None = None) -> Router | None:
-    """A Router for the named specialist, else the live one; None (log only) when nothing is live."""
+    """A Router for the named specialist, else the live one, else the shadow one; None (log only) when none.
+
+    A specialist in shadow status decides and logs every request but never serves.
+    """
     if specialist is not None:
         sp = store.specialist(specialist)
     else:
-        live = store.specialists(status="live")
-        if not live:
+        candidates = store.specialists(status="live") or store.specialists(status="shadow")
+        if not candidates:
             return None
-        sp = live[-1]
+        sp = candidates[-1]
     chosen = threshold if threshold is not None else sp.threshold
     if chosen is None:
         raise NoSpecialistError(
@@ -32,4 +35,5 @@ def load_router(store: Store, specialist: str | None = None, threshold: float | 
         threshold=chosen,
         task_tools=frozenset(sp.config.get("task_tools", [])),
         gate=TaskGate.load(sp.adapter_path),
+        shadow=sp.status == "shadow",
     )

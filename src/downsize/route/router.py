@@ -67,6 +67,7 @@ class Router:
     threshold: float
     task_tools: frozenset[str] = field(default_factory=frozenset)
     gate: TaskGate | None = None  # decides text-or-which-tool before the student fills the arguments
+    shadow: bool = False  # run beside the LLM: decide and log, but never serve
 
     def applies(self, request: dict[str, Any]) -> str | None:
         """None when the specialist may answer this request, else the reason it may not."""
@@ -129,6 +130,11 @@ class Router:
             decision.candidate = f"{gen.text[:1500]} [{problem}]"
             return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
         assert gen.call is not None
+        if self.shadow:
+            decision.reason = (
+                "shadow"  # would have served: the stored candidate is compared with the LLM's answer
+            )
+            return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
         decision.served = True
         decision.reason = "served"
         message = {

@@ -298,18 +298,34 @@ class Store:
 
     def set_live(self, specialist_id: int) -> None:
         """Make one specialist live for its task; any other live version of the task is retired."""
+        self.set_status(specialist_id, "live")
+
+    def set_status(self, specialist_id: int, status: str) -> None:
+        """Move a specialist to a status; live and shadow are one version per task (the previous one retires)."""
+        if status not in SPECIALIST_STATUSES:
+            raise StoreError(
+                f"unknown specialist status {status!r}; use one of {', '.join(SPECIALIST_STATUSES)}"
+            )
         sp = self.specialist(specialist_id)
         with self.engine.begin() as conn:
-            conn.execute(
-                update(schema.specialists)
-                .where(schema.specialists.c.task == sp.task, schema.specialists.c.status == "live")
-                .values(status="retired")
-            )
+            if status in ("live", "shadow"):
+                conn.execute(
+                    update(schema.specialists)
+                    .where(
+                        schema.specialists.c.task == sp.task,
+                        schema.specialists.c.status == status,
+                        schema.specialists.c.id != specialist_id,
+                    )
+                    .values(status="retired")
+                )
             conn.execute(
                 update(schema.specialists)
                 .where(schema.specialists.c.id == specialist_id)
-                .values(status="live")
+                .values(status=status)
             )
+
+
+SPECIALIST_STATUSES = ("candidate", "shadow", "canary", "live", "retired")
 
 
 def _inserted_id(result: Any) -> int:
