@@ -346,8 +346,10 @@ def demo(max_minutes: float, data: Path | None) -> None:
 
 def _register() -> None:
     from downsize.cli.curate import curate
+    from downsize.cli.models import models
 
     main.add_command(curate)
+    main.add_command(models)
 
 
 _register()
