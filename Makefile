@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-0.2
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint format bench bench-train bench-pii clean
+.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,13 +34,19 @@ format: install
 	$(VENV)/bin/ruff format src tests benchmarks
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
-bench: bench-train bench-pii
+bench: bench-train bench-pii bench-gateway
 
 bench-train: install
 	$(PY) benchmarks/bench_train_serve.py
 
 bench-pii: install
 	$(PY) benchmarks/bench_pii.py
+
+# nginx (instant upstream) and wrk from Debian; LiteLLM proxy in its own venv, the peer measured in the same run
+bench-gateway: install
+	command -v nginx >/dev/null && command -v wrk >/dev/null || (apt-get update && apt-get install -y nginx wrk)
+	test -x /tmp/litellm-venv/bin/litellm || (python3 -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install -q 'litellm[proxy]==1.108.7')
+	$(PY) benchmarks/bench_gateway.py --litellm /tmp/litellm-venv/bin/litellm
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

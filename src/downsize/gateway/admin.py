@@ -101,7 +101,8 @@ class AdminEndpoints:
         if denied is not None:
             return denied
         raw = request.query_params.get("limit", "20")
-        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        # ASCII only: "²".isdigit() is true, and int("²") raises
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
             return error_response(
                 400, f"limit must be a whole number from 1 to 1000, not {raw!r}", param="limit"
             )

@@ -198,6 +198,14 @@ def parse_outcome(body: bytes) -> tuple[str, bool]:
             f"'session' must be the non-empty X-Downsize-Session value of the workflow, e.g. {example}",
             param="session",
         )
+    if not session.isascii():
+        try:
+            session.encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON may carry a lone surrogate ("\ud800"); no store can keep it
+            raise InvalidRequestError(
+                "'session' must be valid Unicode text, without lone surrogates (\\ud800-\\udfff)",
+                param="session",
+            ) from exc
     if not isinstance(success, bool):
         raise InvalidRequestError(
             f"'success' must be true or false, not {_json_type(success)}", param="success"
