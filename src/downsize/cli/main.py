@@ -346,11 +346,14 @@ def demo(max_minutes: float, data: Path | None) -> None:
 
 def _register() -> None:
     from downsize.cli.curate import curate
+    from downsize.cli.discover import discover, tasks
     from downsize.cli.imports import register as register_imports
     from downsize.cli.models import models
 
     register_imports(import_group)
     main.add_command(curate)
+    main.add_command(discover)
+    main.add_command(tasks)
     main.add_command(models)
 
 

@@ -40,9 +40,17 @@ def m002_curation(conn: Connection) -> None:
     schema.curated_exchanges.create(conn, checkfirst=True)
 
 
+def m003_discovery(conn: Connection) -> None:
+    """Discovery runs, their tasks and each exchange's task; m001 already made them on a new database."""
+    schema.discovery_runs.create(conn, checkfirst=True)
+    schema.tasks.create(conn, checkfirst=True)
+    schema.exchange_tasks.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_curation", m002_curation),
+    ("m003_discovery", m003_discovery),
 ]
 
 

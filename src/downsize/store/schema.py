@@ -103,3 +103,45 @@ curated_exchanges = Table(
     Column("pii", JSON),  # distinct values masked in this exchange's conversation, by entity
 )
 Index("ix_curated_run_kept", curated_exchanges.c.run_id, curated_exchanges.c.kept)
+
+# -- discovery (m003_discovery) ----------------------------------------------------------------------
+
+discovery_runs = Table(
+    "discovery_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", String(32), nullable=False),
+    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("config", JSON, nullable=False),  # the resolved DiscoverConfig
+    Column("report", JSON),  # counts, timings, the assigner and map paths
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, ForeignKey("discovery_runs.id"), nullable=False),
+    Column("task_key", String(64), nullable=False),  # unique within a run
+    Column("label", Text, nullable=False),  # readable: dominant tool or kind, then c-TF-IDF terms
+    Column("signature", String(200), nullable=False),  # call site | template | tool set | response kind
+    Column("output_kind", String(16), nullable=False),  # tool_call | json | text
+    Column("volume", Integer, nullable=False),  # calls
+    Column("tokens", Integer, nullable=False),  # prompt + completion tokens (logged, else estimated)
+    Column("cost", Float, nullable=False),  # USD (logged, else estimated from tokens)
+    Column("regularity", Float, nullable=False),  # share of the task's most common output shape
+    Column("suitability", Float, nullable=False),  # volume x cost x regularity, 1.0 for the run's best
+    Column("dominant_tool", String(200)),
+    Column("details", JSON),  # top terms, tool shares, examples, centroid
+)
+Index("ix_tasks_run_key", tasks.c.run_id, tasks.c.task_key, unique=True)
+
+exchange_tasks = Table(
+    "exchange_tasks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, ForeignKey("discovery_runs.id"), nullable=False),
+    Column("exchange_id", Integer, ForeignKey("exchanges.id"), nullable=False),
+    Column("task_key", String(64)),  # null: an outlier, in no task
+    Column("confidence", Float),  # cosine to the task's centroid in the embedding space, in [0, 1]
+)
+Index("ix_exchange_tasks_run", exchange_tasks.c.run_id, exchange_tasks.c.exchange_id)

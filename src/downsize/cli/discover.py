@@ -1,0 +1,108 @@
+"""`downsize discover` and `downsize tasks`: find the recurring tasks in the log, and list them (register in main)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+db_option = click.option(
+    "--db", envvar="DOWNSIZE_DB", help="SQLAlchemy URL of the store (default: $DOWNSIZE_HOME/downsize.db)."
+)
+
+
+@click.command("discover")
+@click.option("--source", help="Only exchanges of this source (tau-airline, gateway, ...).")
+@click.option(
+    "--split", type=click.Choice(["dev", "test"]), help="Only this split (default: every exchange)."
+)
+@click.option(
+    "--embedder",
+    type=click.Choice(["minilm", "lsa"]),
+    help="minilm: all-MiniLM-L6-v2, offline (default); lsa: TF-IDF + SVD, no torch.",
+)
+@click.option(
+    "--algorithm",
+    type=click.Choice(["hdbscan", "kmeans"]),
+    help="Clustering inside a signature (default hdbscan).",
+)
+@click.option("--min-cluster-size", type=int, help="HDBSCAN: the fewest calls a task has (default 5).")
+@click.option("--n-clusters", type=int, help="k-means: clusters per signature (default sqrt(n/2)).")
+@click.option("--limit", type=int, help="Discover over at most this many exchanges (quick look).")
+@click.option("--no-map", is_flag=True, help="Do not write the 2-D map of the clusters.")
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path), help="YAML file of DiscoverConfig settings."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run's report as JSON.")
+@db_option
+def discover(config_file: Path | None, as_json: bool, db: str | None, no_map: bool, **flags: Any) -> None:
+    """Group logged calls into recurring tasks, fit the task assigner, and record a discovery run.
+
+    Calls are split by structural signature (call site, system-prompt template with variables masked, tool
+    set, response kind), then what varies (the recent conversation) is embedded and clustered. Each task gets
+    a label, volume, tokens, cost, output kind and a suitability score; `downsize tasks` lists them.
+    """
+    from downsize.config import load_yaml, resolve
+    from downsize.discover.config import DiscoverConfig
+    from downsize.discover.discovery import discover as run_discovery
+    from downsize.store import Store
+
+    if no_map:
+        flags["map"] = False
+    config = resolve(DiscoverConfig, load_yaml(config_file) if config_file else None, **flags)
+    store = Store.open(db)
+    result = run_discovery(store, config, progress=lambda msg: click.echo(msg, err=True))
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2))
+        return
+    report = result.report
+    click.echo(
+        f"discovery run {report['run_id']}: {report['tasks']} tasks over {report['calls']} calls "
+        f"({report['signatures']} signatures, {report['outliers']} outliers); "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in report["seconds"].items())
+    )
+    click.echo(render_tasks(result.tasks, limit=15))
+    click.echo(f"assigner: {report['assigner_path']}")
+    if report.get("map_path"):
+        click.echo(f"map: {report['map_path']}")
+
+
+@click.command("tasks")
+@click.option("--run", "run_id", type=int, help="Discovery run id (default: the newest finished run).")
+@click.option("--limit", type=int, default=30, show_default=True, help="Rows to show (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@db_option
+def tasks(run_id: int | None, limit: int, as_json: bool, db: str | None) -> None:
+    """List the tasks of a discovery run, most suitable first: label, volume, tokens, cost, kind, suitability."""
+    from downsize.discover.runs import require_run, run_tasks
+    from downsize.store import Store
+
+    store = Store.open(db)
+    run_id = require_run(store, run_id)
+    rows = run_tasks(store, run_id)
+    if as_json:
+        for row in rows:
+            (row.get("details") or {}).pop("centroid", None)
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    click.echo(f"discovery run {run_id}: {len(rows)} tasks")
+    click.echo(render_tasks(rows, limit=limit or None))
+
+
+def render_tasks(rows: list[dict[str, Any]], limit: int | None = None) -> str:
+    """Tasks as a fixed-width table, most suitable first."""
+    rows = sorted(rows, key=lambda r: (-r["suitability"], -r["volume"], r["task_key"]))
+    lines = [
+        f"{'task':<5} {'kind':<9} {'calls':>6} {'tokens':>10} {'cost $':>9} {'regular':>7} {'suits':>5}  label"
+    ]
+    for r in rows[:limit]:
+        label = r["label"] if len(r["label"]) <= 60 else r["label"][:59] + "…"
+        lines.append(
+            f"{r['task_key']:<5} {r['output_kind']:<9} {r['volume']:>6} {r['tokens']:>10} {r['cost']:>9.3f} "
+            f"{r['regularity']:>7.2f} {r['suitability']:>5.2f}  {label}"
+        )
+    if limit is not None and len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more (`downsize tasks --limit 0` shows all)")
+    return "\n".join(lines)
