@@ -74,6 +74,14 @@ def render_message(message: dict[str, Any]) -> str | None:
     return f"{role}: {_content_text(message.get('content'))}"
 
 
+def cut_chars(text: str, max_chars: int) -> str:
+    """Text cut to about `max_chars`, head (two thirds) and tail kept: ids sit at both ends of tool results."""
+    if len(text) <= max_chars:
+        return text
+    head = (max_chars * 2) // 3
+    return text[:head] + " … " + text[-(max_chars - head) :]
+
+
 def _cut(ids: Sequence[int], budget: int, decode: Decode) -> str:
     if len(ids) <= budget:
         return decode(ids)
@@ -117,10 +125,7 @@ def gate_text(messages: list[dict[str, Any]], max_messages: int = 3, max_chars: 
         line = render_message(message)
         if line is None:
             continue
-        if len(line) > max_chars:
-            head = (max_chars * 2) // 3
-            line = line[:head] + " … " + line[-(max_chars - head) :]
-        lines.append(line)
+        lines.append(cut_chars(line, max_chars))
         if len(lines) == max_messages:
             break
     # the newest turn is marked so that a linear model can tell "the user just said X" from older context

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from downsize.prompting import render_message
+from downsize.prompting import cut_chars, render_message
 from downsize.shapes import tool_names
 
 # Order matters: the specific shapes first, bare numbers last.
@@ -203,10 +203,7 @@ def varying_text(messages: list[dict[str, Any]], max_messages: int = 3, max_char
         line = render_message(message)
         if line is None:
             continue
-        if len(line) > max_chars:
-            head = (max_chars * 2) // 3
-            line = line[:head] + " … " + line[-(max_chars - head) :]
-        lines.append(line)
+        lines.append(cut_chars(line, max_chars))
         roles.append(str(message.get("role")))
         if len(lines) == max_messages:
             break
