@@ -314,7 +314,20 @@ def serve(
         **flags,
     )
     store = Store.open(db, encryption_key=os.environ.get(config.store_key_env) or None)
-    router = None if no_route else load_router(store, specialist, threshold)
+    worker = None
+
+    def start_specialist_worker(sp: Any) -> Any:
+        """torch stays out of the gateway: the specialist runs in a child process on a loopback port."""
+        nonlocal worker
+        from downsize.backends.specialist_worker import RemoteRuntime, start_worker
+        from downsize.demo.servers import free_port
+
+        port = free_port()
+        click.echo(f"starting the specialist worker for {sp.name} (id {sp.id}) on port {port} ...", err=True)
+        worker = start_worker(str(sp.id), db, port)
+        return RemoteRuntime(f"http://127.0.0.1:{port}", timeout_s=config.specialist_timeout_s or 30.0)
+
+    router = None if no_route else load_router(store, specialist, threshold, start_specialist_worker)
     where = (
         f"specialist {router.specialist.name} (id {router.specialist.id}), threshold {router.threshold:.4f}"
         if router
@@ -328,7 +341,32 @@ def serve(
         f"gateway keys: {len(config.gateway_keys) or 'none'}",
         err=True,
     )
-    run_server(config, store, router)
+    try:
+        run_server(config, store, router)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+
+
+@main.command("specialist-worker")
+@click.argument("specialist")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8788, show_default=True)
+@db_option
+def specialist_worker(specialist: str, host: str, port: int, db: str | None) -> None:
+    """Serve one specialist's model over loopback HTTP for the gateway (started by `downsize serve`).
+
+    The model (and torch) live in this process, so the gateway's stays light and a model crash cannot take
+    the gateway down: the router falls back upstream when the worker fails or is slow.
+    """
+    import uvicorn
+
+    from downsize.backends.specialist_worker import create_worker_app
+    from downsize.backends.transformers_runtime import runtime_for
+
+    runtime = runtime_for(_store(db).specialist(specialist))
+    uvicorn.run(create_worker_app(runtime), host=host, port=port, log_level="warning", access_log=False)
 
 
 @main.command()

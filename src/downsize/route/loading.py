@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from downsize.errors import NoSpecialistError
 from downsize.route.gate import TaskGate
-from downsize.route.router import Router
+from downsize.route.router import Router, SpecialistRuntime
 from downsize.store import Store
+from downsize.types import Specialist
 
 
-def load_router(store: Store, specialist: str | None = None, threshold: float | None = None) -> Router | None:
+def load_router(
+    store: Store,
+    specialist: str | None = None,
+    threshold: float | None = None,
+    runtime_factory: Callable[[Specialist], SpecialistRuntime] | None = None,
+) -> Router | None:
     """A Router for the named specialist, else the live one, else the shadow one; None (log only) when none.
 
-    A specialist in shadow status decides and logs every request but never serves.
+    A specialist in shadow status decides and logs every request but never serves. `runtime_factory` makes
+    the runtime (the gateway passes one that starts a worker process); the default loads it in-process.
     """
     if specialist is not None:
         sp = store.specialist(specialist)
@@ -26,9 +35,11 @@ def load_router(store: Store, specialist: str | None = None, threshold: float | 
             f"specialist {sp.name} (id {sp.id}) has no calibrated threshold: run `downsize eval {sp.id}`, "
             "or pass --threshold"
         )
-    from downsize.backends.transformers_runtime import runtime_for
+    if runtime_factory is None:
+        from downsize.backends.transformers_runtime import runtime_for
 
-    runtime = runtime_for(sp)
+        runtime_factory = runtime_for
+    runtime = runtime_factory(sp)
     return Router(
         specialist=sp,
         runtime=runtime,

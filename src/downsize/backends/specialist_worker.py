@@ -1,0 +1,140 @@
+"""The specialist out of the gateway's process: a small HTTP worker that owns the model (torch lives here),
+and the client the gateway's router uses to reach it. The gateway process never imports torch.
+
+Worker: `POST /generate` `{messages, tools, stop_below, tool}` -> a Generation as JSON; `GET /health`.
+Client: `RemoteRuntime(url)` implements the router's `SpecialistRuntime` over loopback HTTP (stdlib only:
+the router calls it from its own thread, one request at a time).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from downsize.errors import UpstreamError
+from downsize.route.router import Generation
+from downsize.types import ToolCall
+
+
+def _float(value: float) -> float | str:
+    return value if math.isfinite(value) else ("-inf" if value < 0 else "inf")
+
+
+def generation_to_json(gen: Generation) -> dict[str, Any]:
+    return {
+        "text": gen.text,
+        "call": {"name": gen.call.name, "arguments": gen.call.arguments} if gen.call else None,
+        "min_logprob": _float(gen.min_logprob),
+        "mean_logprob": _float(gen.mean_logprob),
+        "tokens": gen.tokens,
+        "stopped_early": gen.stopped_early,
+    }
+
+
+def generation_from_json(data: dict[str, Any]) -> Generation:
+    call = data.get("call")
+    return Generation(
+        text=str(data["text"]),
+        call=ToolCall(call["name"], call["arguments"]) if call else None,
+        min_logprob=float(data["min_logprob"]),
+        mean_logprob=float(data["mean_logprob"]),
+        tokens=int(data["tokens"]),
+        stopped_early=bool(data.get("stopped_early")),
+    )
+
+
+def create_worker_app(runtime: Any) -> Any:
+    """The worker's ASGI app around a loaded runtime (one generation at a time, in a thread)."""
+    import asyncio
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    lock = asyncio.Lock()
+
+    async def generate(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+            messages, tools = body["messages"], body["tools"]
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f"expected JSON with messages and tools ({exc})"}, status_code=400)
+        async with lock:
+            try:
+                gen = await asyncio.to_thread(
+                    runtime.generate, messages, tools, body.get("stop_below"), body.get("tool")
+                )
+            except ValueError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(generation_to_json(gen))
+
+    async def health(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(routes=[Route("/generate", generate, methods=["POST"]), Route("/health", health)])
+
+
+class RemoteRuntime:
+    """A SpecialistRuntime served by a worker process over loopback HTTP."""
+
+    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def generate(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        stop_below: float | None = None,
+        tool: str | None = None,
+    ) -> Generation:
+        payload = {"messages": messages, "tools": tools, "stop_below": stop_below, "tool": tool}
+        request = urllib.request.Request(
+            f"{self.url}/generate",
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return generation_from_json(json.loads(response.read()))
+        except (urllib.error.URLError, TimeoutError, ValueError, KeyError) as exc:
+            raise UpstreamError(f"the specialist worker at {self.url} failed: {exc}") from exc
+
+
+def start_worker(
+    specialist: str, db: str | None, port: int, wait_s: float = 180.0
+) -> subprocess.Popen[bytes]:
+    """Start `downsize specialist-worker` as a child process and wait until it answers /health."""
+    command = [
+        sys.executable,
+        "-m",
+        "downsize.cli.main",
+        "specialist-worker",
+        specialist,
+        "--port",
+        str(port),
+    ]
+    if db:
+        command += ["--db", db]
+    proc = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UpstreamError(
+                f"the specialist worker exited with code {proc.returncode} before it was ready"
+            )
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return proc
+        except (urllib.error.URLError, TimeoutError, ConnectionError):
+            time.sleep(0.5)
+    proc.terminate()
+    raise UpstreamError(f"the specialist worker did not answer within {wait_s:.0f} s")
