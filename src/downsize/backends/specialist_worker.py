@@ -109,6 +109,19 @@ class RemoteRuntime:
             raise UpstreamError(f"the specialist worker at {self.url} failed: {exc}") from exc
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when the gateway dies, however it dies.
+
+    uvicorn re-raises SIGTERM after its graceful shutdown, so the gateway's own clean-up may never run.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+
 def start_worker(
     specialist: str, db: str | None, port: int, wait_s: float = 180.0
 ) -> subprocess.Popen[bytes]:
@@ -124,7 +137,7 @@ def start_worker(
     ]
     if db:
         command += ["--db", db]
-    proc = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=_die_with_parent)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -103,6 +103,7 @@ def run_demo(data: Path, train_minutes: float = 8.0, store: Store | None = None)
     report = evaluate_specialist(store, specialist, EvalConfig(), runtime=runtime)
     threshold = report["threshold"]
     assert specialist.id is not None
+    specialist = store.specialist(specialist.id)  # with the threshold and metrics the evaluation stored
     # the product's own rule: live only through the promotion gate; otherwise shadow (log, never serve)
     gate_live = promotion_gate(specialist, "live")
     status = (
