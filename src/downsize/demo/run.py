@@ -103,7 +103,8 @@ def run_demo(data: Path, train_minutes: float = 8.0, store: Store | None = None)
     report = evaluate_specialist(store, specialist, EvalConfig(), runtime=runtime)
     threshold = report["threshold"]
     assert specialist.id is not None
-    specialist = store.specialist(specialist.id)  # with the threshold and metrics the evaluation stored
+    specialist_id = specialist.id
+    specialist = store.specialist(specialist_id)  # with the threshold and metrics the evaluation stored
     # the product's own rule: live only through the promotion gate; otherwise shadow (log, never serve)
     gate_live = promotion_gate(specialist, "live")
     status = (
@@ -114,8 +115,8 @@ def run_demo(data: Path, train_minutes: float = 8.0, store: Store | None = None)
         else "candidate"
     )
     if status != "candidate":
-        store.set_status(specialist.id, status)
-        specialist = store.specialist(specialist.id)
+        store.set_status(specialist_id, status)
+        specialist = store.specialist(specialist_id)
     if threshold is None:
         _say(
             "no threshold reached the target on validation: the specialist serves nothing (every call falls back)"
