@@ -356,13 +356,4 @@ def read_exchanges(path: str | Path) -> Iterator[Exchange]:
 
 def import_llm_logs(store: Store, path: str | Path, batch: int = 500) -> tuple[int, int]:
     """Import an llm logs.db into the store; returns (responses read, exchanges added). Idempotent."""
-    read = added = 0
-    pending: list[Exchange] = []
-    for exchange in read_exchanges(path):
-        read += 1
-        pending.append(exchange)
-        if len(pending) >= batch:
-            added += store.add_exchanges(pending)
-            pending = []
-    added += store.add_exchanges(pending)
-    return read, added
+    return store.add_exchanges_batched(read_exchanges(path), batch)

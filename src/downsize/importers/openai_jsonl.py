@@ -213,11 +213,5 @@ def import_openai_jsonl(
 ) -> JsonlImport:
     """Import a JSONL log into the store. Idempotent: records already stored are not added again."""
     report = JsonlImport()
-    pending: list[Exchange] = []
-    for exchange in read_exchanges(path, skip_invalid, report):
-        pending.append(exchange)
-        if len(pending) >= batch:
-            report.added += store.add_exchanges(pending)
-            pending = []
-    report.added += store.add_exchanges(pending)
+    _, report.added = store.add_exchanges_batched(read_exchanges(path, skip_invalid, report), batch)
     return report

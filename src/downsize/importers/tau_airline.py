@@ -77,13 +77,4 @@ def read_exchanges(folder: str | Path) -> Iterator[Exchange]:
 
 def import_tau_airline(store: Store, folder: str | Path, batch: int = 500) -> tuple[int, int]:
     """Import the folder into the store; returns (exchanges read, exchanges added). Idempotent."""
-    read = added = 0
-    pending: list[Exchange] = []
-    for exchange in read_exchanges(folder):
-        read += 1
-        pending.append(exchange)
-        if len(pending) >= batch:
-            added += store.add_exchanges(pending)
-            pending = []
-    added += store.add_exchanges(pending)
-    return read, added
+    return store.add_exchanges_batched(read_exchanges(folder), batch)

@@ -126,6 +126,18 @@ class Store:
             raise StoreError(f"cannot write exchanges: {exc}") from exc
         return int(after - before)
 
+    def add_exchanges_batched(self, exchanges: Iterable[Exchange], batch: int = 500) -> tuple[int, int]:
+        """Stream exchanges in with one transaction per `batch`; returns (read, added). Importers use it."""
+        read = added = 0
+        pending: list[Exchange] = []
+        for exchange in exchanges:
+            read += 1
+            pending.append(exchange)
+            if len(pending) >= batch:
+                added += self.add_exchanges(pending)
+                pending = []
+        return read, added + self.add_exchanges(pending)
+
     def record(self, exchange: Exchange, decision: RouteDecision | None, specialist_id: int | None) -> int:
         """Store one exchange and its route decision in one transaction; returns the exchange id."""
         return self.record_many([(exchange, decision, specialist_id)])[0]
