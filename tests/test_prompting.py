@@ -61,3 +61,30 @@ def test_pruning_renders_tool_calls() -> None:
     codec = WordCodec()
     text = prune_messages(_messages()[:3], codec.encode, codec.decode, PromptBudget(200, 100))
     assert 'assistant called: get_user_details {"user_id":"u1"}' in text
+
+
+def test_conversation_signals_mark_new_identifiers_and_the_last_speaker() -> None:
+    from downsize.prompting import SIGNALS, conversation_signals, gate_input
+
+    messages = [
+        {"role": "system", "content": "policy"},
+        {"role": "user", "content": "my user id is mia_li_3668"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"function": {"name": "get_user_details", "arguments": '{"user_id": "mia_li_3668"}'}}
+            ],
+        },
+        {"role": "tool", "name": "get_user_details", "content": "{...}"},
+        {"role": "assistant", "content": "Which reservation?"},
+        {"role": "user", "content": "ZFA04Y please, I am mia_li_3668"},
+    ]
+    signals = conversation_signals(messages)
+    assert signals[0] == "LAST_user"
+    assert "PREV_TEXT" in signals and "CALLED_get_user_details" in signals
+    assert "NEW_ID_UPPER_ALNUM" in signals  # the reservation id was never looked up
+    assert "SEEN_ID_SNAKE" in signals and "NEW_ID_SNAKE" not in signals  # the user id was
+    assert conversation_signals(messages[:4])[0] == "LAST_tool_get_user_details"
+    text, sep, tail = gate_input(messages).partition(SIGNALS)
+    assert sep and "LAST user: ZFA04Y" in text and tail.split() == signals

@@ -12,6 +12,7 @@ Stdlib only: the tokenizer's encode/decode come in as functions, so the router c
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -132,3 +133,77 @@ def gate_text(messages: list[dict[str, Any]], max_messages: int = 3, max_chars: 
     if lines:
         lines[0] = "LAST " + lines[0]
     return "\n".join(reversed(lines))
+
+
+SIGNALS = "\x1f"  # separates the gate's text from its structural signals in one input string
+_WORD = re.compile(r"[A-Za-z0-9_]+")
+
+
+def token_shape(token: str) -> str | None:
+    """A generic shape class for identifier-like tokens (ids, codes, numbers); None for plain words.
+
+    Ids never repeat across conversations, so a gate that sees `ZFA04Y` learns nothing; the shape
+    (`ID_UPPER_ALNUM`) and whether the id is new to the conversation generalise.
+    """
+    digits = any(ch.isdigit() for ch in token)
+    upper = any(ch.isupper() for ch in token)
+    lower = any(ch.islower() for ch in token)
+    if token.isdigit():
+        return f"NUM{min(len(token), 6)}"
+    if digits and (upper or lower):
+        if "_" in token:
+            return "ID_SNAKE"
+        return "ID_UPPER_ALNUM" if not lower else "ID_ALNUM"
+    if token.isupper() and 3 <= len(token) <= 8:
+        return f"UPPER{len(token)}"
+    return None
+
+
+def _called_values(messages: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """(argument values, tool names) of every tool call made so far in the conversation."""
+    values: set[str] = set()
+    names: set[str] = set()
+    for message in messages:
+        for call in message.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            names.add(str(fn.get("name") or ""))
+            try:
+                args = json.loads(fn.get("arguments") or "{}")
+            except (json.JSONDecodeError, TypeError):
+                continue
+            if isinstance(args, dict):
+                values.update(str(v) for v in args.values() if isinstance(v, str | int | float))
+    return values, names
+
+
+def conversation_signals(messages: list[dict[str, Any]]) -> list[str]:
+    """Structural facts about where a conversation stands, as tokens a linear model can weigh.
+
+    Who spoke last (and which tool answered), the agent's previous action, which tools it has called,
+    how long the conversation is, and the shapes of identifier-like tokens in the last turn, marked NEW
+    when no earlier tool call used that value (a user who just gave an id is usually about to be looked up).
+    """
+    turns = [m for m in messages if m.get("role") not in ("system", "developer")]
+    if not turns:
+        return ["EMPTY"]
+    last = turns[-1]
+    role = str(last.get("role"))
+    out = [f"LAST_{role}" + (f"_{last.get('name') or ''}" if role == "tool" else "")]
+    for prior in reversed(turns[:-1]):
+        if prior.get("role") == "assistant":
+            calls = prior.get("tool_calls") or []
+            out.append("PREV_" + (str((calls[0].get("function") or {}).get("name")) if calls else "TEXT"))
+            break
+    used, called = _called_values(turns)
+    out += [f"CALLED_{name}" for name in sorted(called)]
+    out.append(f"TURNS_{min(len(turns) // 2, 10)}")
+    for token in _WORD.findall(_content_text(last.get("content"))):
+        shape = token_shape(token)
+        if shape:
+            out.append(("SEEN_" if token in used else "NEW_") + shape)
+    return out
+
+
+def gate_input(messages: list[dict[str, Any]]) -> str:
+    """The task gate's input: the recent conversation's text, then its structural signals."""
+    return gate_text(messages) + SIGNALS + " ".join(conversation_signals(messages))

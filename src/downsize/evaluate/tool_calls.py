@@ -20,7 +20,7 @@ from tqdm import tqdm
 from downsize.backends.transformers_runtime import runtime_for
 from downsize.config import EvalConfig, TrainConfig, home, resolve
 from downsize.evaluate.metrics import Scored, at_threshold, calibrate, curve, exact_match, wilson_lower
-from downsize.prompting import TEXT_REPLY, gate_text
+from downsize.prompting import TEXT_REPLY
 from downsize.route.gate import GateDecision, TaskGate
 from downsize.route.router import Generation
 from downsize.route.validate import validate_call
@@ -58,7 +58,7 @@ def generate_all(
     """(generation, gate log-probability) per exchange; with a gate, only its chosen tool's arguments are generated."""
     decisions: list[GateDecision | None] = [None] * len(exchanges)
     if gate is not None:
-        decisions = list(gate.decide_texts([gate_text(ex.request.get("messages") or []) for ex in exchanges]))
+        decisions = list(gate.decide_many([ex.request.get("messages") or [] for ex in exchanges]))
     results: dict[int, Generation] = {}
     todo = []
     for i, d in enumerate(decisions):
