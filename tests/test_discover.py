@@ -387,3 +387,55 @@ def test_minilm_embeds_offline_and_groups_paraphrases() -> None:
     assert np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-4)
     sims = x @ x.T
     assert sims[0, 1] > sims[0, 2] and sims[2, 3] > sims[1, 3]
+
+
+# -- discovered tasks feed training and routing ------------------------------------------------------
+
+
+def test_discovered_tasks_scope_training_data_and_the_router(run: dict[str, object]) -> None:
+    from downsize.config import TrainConfig
+    from downsize.discover.discovery import load_assigner
+    from downsize.errors import ConfigError
+    from downsize.route.router import Router
+    from downsize.train.data import resolve_tasks, training_exchanges
+    from downsize.types import Specialist
+
+    result, store = run["result"], run["store"]
+    assert isinstance(store, Store)
+    run_id = result.run_id  # type: ignore[attr-defined]
+    tasks = [t for t in run_tasks(store, run_id) if t["output_kind"] == "tool_call"]
+    chosen = tasks[0]["task_key"]
+    config = resolve_tasks(store, TrainConfig(tasks=[chosen]))
+    assert config.discovery_run == run_id
+    assigned = exchange_tasks(store, run_id)
+    scoped = training_exchanges(store, config, "train") + training_exchanges(store, config, "validation")
+    everything = training_exchanges(store, TrainConfig(), "train")
+    assert scoped and len(scoped) < len(everything)
+    assert all(assigned[ex.id][0] == chosen for ex in scoped if ex.id is not None)
+    with pytest.raises(ConfigError, match="downsize tasks"):
+        resolve_tasks(store, TrainConfig(tasks=["no-such-task"]))
+
+    # the router serves only what the assigner maps to the specialist's tasks
+    router = Router(
+        specialist=Specialist(
+            name="s", task=chosen, base_model="m", adapter_path="", config={}, data_hash="", id=1
+        ),
+        runtime=None,  # type: ignore[arg-type]  # never reached: every request below is out of scope
+        threshold=-1.0,
+        assigner=load_assigner(store, run_id),
+        tasks=frozenset([chosen]),
+    )
+    exchanges = {ex.id: ex for ex in store.exchanges(source="tau-airline")}
+    inside = [exchanges[i] for i, (k, _) in assigned.items() if k == chosen]
+    outside = [exchanges[i] for i, (k, _) in assigned.items() if k is not None and k != chosen]
+    covered = sum(router.covers(ex.request, ex.agent, ex.task_hint) is None for ex in inside)
+    assert covered / len(inside) > 0.8  # the assigner agrees with the run on its own calls
+    ex = next(e for e in outside if router.covers(e.request, e.agent, e.task_hint) is not None)
+    out = router.route(ex.request, ex.agent, ex.task_hint)
+    assert out.decision is not None and not out.decision.served
+    assert out.decision.reason.startswith(("other_task:", "novel_task:"))
+    novel = {
+        **ex.request,
+        "messages": [{"role": "system", "content": "a brand new agent"}, *ex.request["messages"][1:]],
+    }
+    assert str(router.covers(novel, ex.agent, ex.task_hint)).startswith("novel_task")

@@ -30,7 +30,7 @@ CONVERSATIONS = [
 def runtime(tmp_path_factory: pytest.TempPathFactory):
     import os
 
-    os.environ["DOWNSIZE_MODELS"] = str(tmp_path_factory.mktemp("models"))
+    os.environ.setdefault("DOWNSIZE_MODELS", str(tmp_path_factory.mktemp("models")))
     from downsize.backends.transformers_runtime import TransformersRuntime
 
     return TransformersRuntime("smollm2-135m", budget=PromptBudget(128, 64), max_new_tokens=48)

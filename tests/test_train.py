@@ -17,12 +17,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
+    """One folder a session for the training modules: the GGUF is converted once (20-40 s), not per module."""
+    path = tmp_path_factory.getbasetemp() / "models"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(autouse=True)
 def shared_models(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DOWNSIZE_MODELS", str(models_dir))  # convert the GGUF once per module
+    monkeypatch.setenv("DOWNSIZE_MODELS", str(models_dir))  # convert the GGUF once a session
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ def test_examples_mask_the_prompt_and_prune_the_policy(imported_db: str, student
 def test_lora_step_changes_adapter_not_base(imported_db: str, student: tuple) -> None:
     import torch
 
-    from downsize.train.lora import lora_model, train_step
+    from downsize.train.loop import lora_model, train_step
 
     model, tokenizer = student
     config = TrainConfig(max_prompt_tokens=64, max_message_tokens=32, lora_targets=["q_proj", "v_proj"])
@@ -89,6 +92,7 @@ def test_train_specialist_saves_adapter_config_and_data_hash(imported_db: str, t
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     manifest = json.loads((tmp_path / "adapter" / "downsize.json").read_text())
     assert manifest["config"]["max_tokens"] == 400 and manifest["data_hash"] == result.data_hash
+    assert (manifest["method"], manifest["artifact"]) == ("lora", "adapter") and manifest["device"]
     sp = store.specialist("t-test")
     assert (
         sp.status == "candidate"

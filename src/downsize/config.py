@@ -41,9 +41,15 @@ def default_db_url() -> str:
     return f"sqlite:///{home() / 'downsize.db'}"
 
 
+TRAIN_METHODS = ("lora", "dora", "full", "qlora")
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+# Adapters learn fast from zero-initialised weights; updating every pretrained weight needs a far gentler step.
+DEFAULT_LEARNING_RATES = {"lora": 1e-3, "dora": 1e-3, "qlora": 1e-3, "full": 5e-5}
+
+
 @dataclass
 class TrainConfig:
-    """Supervised distillation of the teacher's tool calls into a LoRA adapter on a small student."""
+    """Supervised distillation of the teacher's tool calls into a small student: LoRA by default."""
 
     student: str = "smollm2-135m"  # a catalog name, a Hugging Face model id or a local folder
     specialist: str = "tau-airline"  # name of the specialist (one per task)
@@ -51,13 +57,17 @@ class TrainConfig:
     max_message_tokens: int = 96  # each kept message is cut to this many tokens (head and tail kept)
     max_target_tokens: int = 64  # longer teacher calls are skipped, not truncated
     validation_fraction: float = 0.25  # of dev workflows (by hash), held out for threshold calibration
+    # lora | dora (weight-decomposed LoRA) | full (every weight) | qlora (4-bit base + LoRA: CUDA + bitsandbytes)
+    method: str = "lora"
+    # auto: bf16 autocast on a GPU that supports it, fp32 elsewhere (bf16 is ~23x slower on AVX2-only CPUs)
+    precision: str = "auto"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None  # default by method: 1e-3 for adapters, 5e-5 for full fine-tuning
     batch_size: int = 8
     epochs: float = 1.0  # an upper bound; the token and minute budgets may stop earlier
     max_tokens: int | None = None  # stop after this many trained tokens (padding excluded)
@@ -68,6 +78,29 @@ class TrainConfig:
         False  # train on the newest `downsize curate` run (masked, deduplicated) instead of raw logs
     )
     gate: bool = True  # fit the task gate (text or which tool) on every training call, text replies included
+    # discovered tasks (keys from `downsize tasks`) to train on; empty: every tool call of the source.
+    # The router then serves only requests its task assigner maps to one of them.
+    tasks: list[str] = field(default_factory=list)
+    discovery_run: int | None = None  # the discovery run those keys belong to (default: the newest)
+
+    def __post_init__(self) -> None:
+        if self.method not in TRAIN_METHODS:
+            raise ConfigError(
+                f"unknown training method {self.method!r}: use one of {', '.join(TRAIN_METHODS)}"
+            )
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ConfigError(
+                f"unknown precision {self.precision!r}: use one of {', '.join(TRAIN_PRECISIONS)}"
+            )
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, not {self.learning_rate}")
+        if self.batch_size < 1 or self.lora_r < 1:
+            raise ConfigError("batch_size and lora_r must be >= 1")
+
+    @property
+    def resolved_learning_rate(self) -> float:
+        """The learning rate set, else the method's default (kept unresolved so a changed method changes it)."""
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.method]
 
 
 @dataclass

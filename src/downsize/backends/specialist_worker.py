@@ -123,9 +123,12 @@ def _die_with_parent() -> None:
 
 
 def start_worker(
-    specialist: str, db: str | None, port: int, wait_s: float = 180.0
+    specialist: str, db: str | None, port: int, wait_s: float = 180.0, engine: str = "transformers"
 ) -> subprocess.Popen[bytes]:
-    """Start `downsize specialist-worker` as a child process and wait until it answers /health."""
+    """Start `downsize specialist-worker` as a child process and wait until it answers /health.
+
+    `engine` is the worker's runtime: transformers (reference) or llamacpp (GGUF + GGUF LoRA).
+    """
     command = [
         sys.executable,
         "-m",
@@ -134,6 +137,8 @@ def start_worker(
         specialist,
         "--port",
         str(port),
+        "--engine",
+        engine,
     ]
     if db:
         command += ["--db", db]

@@ -4,21 +4,21 @@ One decoder serves both evaluation (batched, every call generated to the end) an
 (batch of one, cut as soon as the confidence falls below the serving threshold: the confidence is
 the lowest token log-probability, so once one token is below the floor the answer is known). The
 log-probabilities are the model's own, before the grammar masks anything, so a call the grammar had
-to force scores low and falls back.
+to force scores low and falls back. The decoding loop is shared with the llama.cpp runtime
+(`decoding.constrained_greedy`); this module supplies the batched torch forward pass.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from downsize.backends.grammar import ToolCallGrammar
-from downsize.backends.students import load_student
+from downsize.backends.decoding import Completion, TokenTexts, ToolCallRuntime, constrained_greedy
+from downsize.backends.students import load_specialist_model
 from downsize.config import TrainConfig, resolve
-from downsize.prompting import PromptBudget, chat_messages, parse_target, prune_messages
-from downsize.route.router import Generation
-from downsize.shapes import tool_names
+from downsize.errors import ConfigError
+from downsize.prompting import PromptBudget, chat_messages, prune_messages
 from downsize.types import Specialist
 
 FALLBACK_TEMPLATE = "{system}\n\n### Conversation\n{user}\n\n### Next tool call\n"
@@ -44,8 +44,69 @@ def end_of_turn(tokenizer: Any) -> str:
     return str(tokenizer.eos_token or "")
 
 
-class TransformersRuntime:
-    """A student with an optional LoRA adapter (merged for speed), ready to generate tool calls."""
+class _TorchScores:
+    """One step's next-token log-probabilities of a batch, as a torch tensor."""
+
+    def __init__(self, logp: Any) -> None:
+        self.logp = logp
+
+    def top(self, k: int) -> tuple[list[list[int]], list[list[float]]]:
+        top = self.logp.topk(min(k, self.logp.shape[-1]), dim=-1)
+        return top.indices.tolist(), top.values.tolist()
+
+    def ranked(self, row: int, ids: Sequence[int]) -> tuple[list[int], list[float]]:
+        if not ids:
+            return [], []
+        import torch
+
+        index = torch.tensor(list(ids), dtype=torch.long, device=self.logp.device)
+        values = self.logp[row].index_select(0, index)
+        order = values.argsort(descending=True)
+        return index[order].tolist(), values[order].tolist()
+
+
+class _TorchScorer:
+    """The batched forward pass: left-padded prompts, then one token per row with the KV cache."""
+
+    def __init__(self, runtime: TransformersRuntime) -> None:
+        self.runtime = runtime
+        self.past: Any = None
+        self.attention: Any = None
+        self.positions: Any = None
+
+    def _forward(self, input_ids: Any) -> _TorchScores:
+        torch = self.runtime._torch
+        with torch.inference_mode():
+            out = self.runtime.model(
+                input_ids=input_ids,
+                attention_mask=self.attention,
+                position_ids=self.positions,
+                past_key_values=self.past,
+                use_cache=True,
+            )
+            self.past = out.past_key_values
+            return _TorchScores(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1))
+
+    def start(self, prompts: list[str]) -> _TorchScores:
+        rt = self.runtime
+        enc = rt.tokenizer(
+            prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+        )
+        self.attention = enc["attention_mask"].to(rt.device)
+        self.positions = (self.attention.cumsum(-1) - 1).clamp(min=0)
+        return self._forward(enc["input_ids"].to(rt.device))
+
+    def advance(self, next_ids: list[int | None]) -> _TorchScores:
+        rt = self.runtime
+        torch = rt._torch
+        ids = [rt.pad_id if i is None else i for i in next_ids]
+        self.attention = torch.cat([self.attention, self.attention.new_ones((len(ids), 1))], dim=-1)
+        self.positions = self.positions[:, -1:] + 1
+        return self._forward(torch.tensor(ids, device=rt.device).unsqueeze(-1))
+
+
+class TransformersRuntime(ToolCallRuntime):
+    """The reference runtime: a student with its trained weights (a LoRA merged for speed), on torch."""
 
     def __init__(
         self,
@@ -60,11 +121,7 @@ class TransformersRuntime:
         import torch
 
         if model is None:
-            model, tokenizer = load_student(student)
-            if adapter_path is not None:
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
+            model, tokenizer = load_specialist_model(student, adapter_path)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -73,131 +130,59 @@ class TransformersRuntime:
         self.top_k = top_k
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         vocab_size = int(model.get_output_embeddings().weight.shape[0])
-        self.vocab = [tokenizer.decode([i]) for i in range(min(vocab_size, len(tokenizer)))]
-        self.vocab += [""] * (vocab_size - len(self.vocab))
+        vocab = [tokenizer.decode([i]) for i in range(min(vocab_size, len(tokenizer)))]
+        self.token_texts = TokenTexts(vocab + [""] * (vocab_size - len(vocab)))
         self._torch = torch
 
-    def _first_grammatical(
-        self, grammar: ToolCallGrammar, ids: list[int], logps: list[float] | None, row_logp: Any = None
-    ) -> tuple[int, float, ToolCallGrammar] | None:
-        """The first token of `ids` (ordered most likely first) whose text keeps the call grammatical."""
-        for i, token_id in enumerate(ids):
-            trial = grammar.copy()
-            if trial.feed(self.vocab[token_id]):
-                lp = logps[i] if logps is not None else float(row_logp[token_id])
-                return token_id, lp, trial
-        return None
+    @property
+    def vocab(self) -> list[str]:
+        return self.token_texts.texts
 
     def prompt(self, messages: list[dict[str, Any]]) -> str:
         return build_prompt(self.tokenizer, messages, self.budget)
 
-    def generate(
-        self,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]],
-        stop_below: float | None = None,
-        tool: str | None = None,
-    ) -> Generation:
-        return self.generate_batch([(messages, tools)], stop_below=stop_below, tools_chosen=[tool])[0]
+    def complete(
+        self, prompts: list[str], grammars: list[Any], stop_below: float | None = None
+    ) -> list[Completion]:
+        """Greedy completion of each prompt (batched) under its grammar: any object with copy/feed/done.
 
-    def generate_batch(
-        self,
-        requests: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]],
-        stop_below: float | None = None,
-        tools_chosen: list[str | None] | None = None,
-    ) -> list[Generation]:
-        """Greedy, grammar-constrained generation of one tool call per request.
-
-        `tools_chosen[i]`, when given, fixes the tool of request i (chosen by the task gate): its name is
-        written into the prompt and only the arguments are generated and scored.
+        Each token's log-probability is the model's own before the grammar masks anything; with
+        `stop_below`, a row stops at the first token under it.
         """
-        torch = self._torch
-        chosen_tools = tools_chosen or [None] * len(requests)
-        prompts, grammars, texts = [], [], []
-        for (messages, tools), tool in zip(requests, chosen_tools, strict=True):
-            names = tool_names({"tools": tools})
-            grammar = ToolCallGrammar([tool] if tool else names)
-            prefix = ""
-            if tool:
-                prefix = tool  # no trailing space: the model writes " {" as it learned to
-                if tool not in names or not grammar.feed(prefix):
-                    raise ValueError(f"tool {tool!r} is not offered by the request")
-            prompts.append(self.prompt(messages) + prefix)
-            grammars.append(grammar)
-            texts.append(prefix)
-        enc = self.tokenizer(
-            prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+        if not prompts:
+            return []
+        return constrained_greedy(
+            _TorchScorer(self),
+            prompts,
+            grammars,
+            self.token_texts,
+            self.max_new_tokens,
+            top_k=self.top_k,
+            stop_below=stop_below,
         )
-        input_ids = enc["input_ids"].to(self.device)
-        attention = enc["attention_mask"].to(self.device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        n = len(requests)
-        logps: list[list[float]] = [[] for _ in range(n)]
-        finished = [False] * n
-        stopped = [False] * n
-        past = None
-        with torch.inference_mode():
-            for _ in range(self.max_new_tokens):
-                out = self.model(
-                    input_ids=input_ids,
-                    attention_mask=attention,
-                    position_ids=positions,
-                    past_key_values=past,
-                    use_cache=True,
-                )
-                past = out.past_key_values
-                step_logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-                top = torch.topk(step_logp, self.top_k, dim=-1)
-                top_ids, top_lp = top.indices.tolist(), top.values.tolist()
-                next_ids = []
-                for row in range(n):
-                    if finished[row]:
-                        next_ids.append(self.pad_id)
-                        continue
-                    chosen = self._first_grammatical(grammars[row], top_ids[row], top_lp[row])
-                    if chosen is None:  # rare: search the whole vocabulary, most likely first
-                        ranked = torch.argsort(step_logp[row], descending=True)[self.top_k :]
-                        chosen = self._first_grammatical(grammars[row], ranked.tolist(), None, step_logp[row])
-                    # nothing in the vocabulary continues the call (cannot happen for JSON)
-                    if chosen is None:
-                        finished[row] = True
-                        logps[row].append(-math.inf)
-                        next_ids.append(self.pad_id)
-                        continue
-                    token_id, lp, grammars[row] = chosen
-                    texts[row] += self.vocab[token_id]
-                    logps[row].append(lp)
-                    next_ids.append(token_id)
-                    if grammars[row].done:
-                        finished[row] = True
-                    elif stop_below is not None and lp < stop_below:
-                        finished[row] = stopped[row] = True
-                if all(finished):
-                    break
-                input_ids = torch.tensor(next_ids, device=self.device).unsqueeze(-1)
-                attention = torch.cat([attention, attention.new_ones((n, 1))], dim=-1)
-                positions = positions[:, -1:] + 1
-        results = []
-        for row in range(n):
-            lps = logps[row] or [-math.inf]
-            call = parse_target(texts[row]) if grammars[row].done else None
-            results.append(
-                Generation(
-                    text=texts[row],
-                    call=call,
-                    min_logprob=min(lps),
-                    mean_logprob=sum(lps) / len(lps),
-                    tokens=len(logps[row]),
-                    stopped_early=stopped[row],
-                )
-            )
-        return results
 
 
-def runtime_for(specialist: Specialist, max_new_tokens: int = 64) -> TransformersRuntime:
-    """The runtime of a stored specialist, with the prompt budget it was trained with."""
+ENGINES = ("transformers", "llamacpp")
+
+
+def runtime_for(
+    specialist: Specialist, max_new_tokens: int = 64, engine: str = "transformers"
+) -> ToolCallRuntime:
+    """The runtime of a stored specialist on an engine, with the prompt budget it was trained with.
+
+    `transformers` is the reference path (torch, the adapter merged); `llamacpp` serves the student's
+    shipped GGUF with the adapter converted to a GGUF LoRA (needs the `serve` extra).
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     train_cfg = resolve(TrainConfig, {k: v for k, v in specialist.config.items() if k != "task_tools"})
     budget = PromptBudget(train_cfg.max_prompt_tokens, train_cfg.max_message_tokens)
+    if engine == "llamacpp":
+        from downsize.backends.llamacpp_runtime import LlamaCppRuntime
+
+        return LlamaCppRuntime(
+            specialist.base_model, specialist.adapter_path, budget, max_new_tokens=max_new_tokens
+        )
     return TransformersRuntime(
         specialist.base_model, specialist.adapter_path, budget, max_new_tokens=max_new_tokens
     )

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from downsize import __version__
-from downsize.config import EvalConfig, TrainConfig, default_tau_airline, load_yaml, resolve
+from downsize.config import TRAIN_METHODS, EvalConfig, TrainConfig, default_tau_airline, load_yaml, resolve
 from downsize.errors import DownsizeError
 
 
@@ -76,22 +76,41 @@ def import_tau(path: Path | None, db: str | None) -> None:
 @click.option(
     "--config", "config_file", type=click.Path(path_type=Path), help="YAML file of TrainConfig settings."
 )
-@click.option("--student", help="Catalog name (smollm2-135m), Hugging Face id or local folder.")
+@click.option("--student", help="Catalog name (smollm2-135m, gemma3-270m), Hugging Face id or local folder.")
 @click.option("--specialist", help="Name of the specialist to train (default: tau-airline).")
+@click.option(
+    "--method",
+    type=click.Choice(list(TRAIN_METHODS)),
+    help="lora (default), dora, full (every weight; learning rate 5e-5 unless set), "
+    "qlora (4-bit base: needs CUDA and bitsandbytes).",
+)
 @click.option("--max-tokens", type=int, help="Stop after this many trained tokens.")
 @click.option("--max-minutes", type=float, help="Stop after this many minutes of training.")
 @click.option("--epochs", type=float, help="Upper bound on passes over the data (default 1).")
 @click.option("--batch-size", type=int)
-@click.option("--learning-rate", type=float)
+@click.option("--learning-rate", type=float, help="Default: 1e-3 for adapters, 5e-5 for --method full.")
 @click.option("--max-prompt-tokens", type=int, help="Token budget of the pruned prompt.")
 @click.option("--seed", type=int)
 @click.option("--threads", type=int, help="torch threads (default: all cores).")
 @click.option("--curated", is_flag=True, default=None, help="Train on the newest `downsize curate` run.")
+@click.option(
+    "--task",
+    "tasks",
+    multiple=True,
+    help="A discovered task key (see `downsize tasks`) to train on; repeat for several. Default: every tool call.",
+)
+@click.option(
+    "--discovery-run", type=int, help="The discovery run the --task keys come from (default: newest)."
+)
 @db_option
 def train(config_file: Path | None, db: str | None, **flags: Any) -> None:
-    """LoRA-fine-tune a student on the dev split's tool calls (pruned prompts, loss on the call only)."""
+    """Fine-tune a student on the dev split's tool calls (pruned prompts, loss on the call only).
+
+    LoRA by default; DoRA, full fine-tuning or QLoRA with --method. Runs on a GPU when one is present.
+    """
     from downsize.train.lora import train_specialist
 
+    flags["tasks"] = list(flags["tasks"]) or None
     config = resolve(TrainConfig, load_yaml(config_file) if config_file else None, **flags)
     store = _store(db)
     result = train_specialist(store, config)
@@ -99,9 +118,9 @@ def train(config_file: Path | None, db: str | None, **flags: Any) -> None:
         f"trained specialist {config.specialist} (id {result.specialist_id}): {result.examples} examples "
         f"({result.skipped} skipped: target too long), {result.steps} steps = {result.epochs:.2f} epochs, "
         f"{result.tokens} tokens in {result.seconds / 60:.1f} min = {result.tokens_per_s:.0f} tokens/s, "
-        f"final loss {result.final_loss:.3f}"
+        f"final loss {result.final_loss:.3f} ({result.method}, {result.device}, {result.precision})"
     )
-    click.echo(f"adapter: {result.adapter_path}")
+    click.echo(f"{'model' if result.method == 'full' else 'adapter'}: {result.adapter_path}")
 
 
 @main.command("eval")
@@ -147,6 +166,7 @@ def eval_cmd(specialist: str | None, config_file: Path | None, db: str | None, *
             f"  test at thr          served {a['served']} ({a['served_share']:.1%} of tool calls), agreement {a['agreement']:.3f} (lower95 {a['agreement_lower95']:.3f})"
         )
     click.echo(f"report: {report['path']}")
+    click.echo(f"agreement-vs-coverage curves: {report['curve_path']}")
 
 
 @main.command()
@@ -227,6 +247,13 @@ def specialists(as_json: bool, db: str | None) -> None:
 @click.option("--no-route", is_flag=True, help="Only log: forward every request upstream.")
 @click.option("--threshold", type=float, help="Override the specialist's calibrated threshold.")
 @click.option(
+    "--engine",
+    type=click.Choice(["transformers", "llamacpp"]),
+    default="transformers",
+    show_default=True,
+    help="Specialist runtime: transformers (reference) or llamacpp (GGUF + LoRA, fast on CPU; the serve extra).",
+)
+@click.option(
     "--upstream-timeout", type=float, help="Seconds to wait for an upstream, per attempt (default 120)."
 )
 @click.option(
@@ -284,6 +311,7 @@ def serve(
     specialist_timeout: float | None,
     gateway_keys: tuple[str, ...],
     db: str | None,
+    engine: str,
     **flags: Any,
 ) -> None:
     """Run the OpenAI-compatible gateway: log every call, serve confident specialist calls, forward the rest.
@@ -322,9 +350,13 @@ def serve(
         from downsize.backends.specialist_worker import RemoteRuntime, start_worker
         from downsize.demo.servers import free_port
 
+        if engine == "llamacpp":
+            from downsize.backends.llamacpp_runtime import check_llama_cpp
+
+            check_llama_cpp()  # fail here, in one line, rather than in the worker
         port = free_port()
         click.echo(f"starting the specialist worker for {sp.name} (id {sp.id}) on port {port} ...", err=True)
-        worker = start_worker(str(sp.id), db, port)
+        worker = start_worker(str(sp.id), db, port, engine=engine)
         return RemoteRuntime(f"http://127.0.0.1:{port}", timeout_s=config.specialist_timeout_s or 30.0)
 
     router = None if no_route else load_router(store, specialist, threshold, start_specialist_worker)
@@ -353,8 +385,15 @@ def serve(
 @click.argument("specialist")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8788, show_default=True)
+@click.option(
+    "--engine",
+    type=click.Choice(["transformers", "llamacpp"]),
+    default="transformers",
+    show_default=True,
+    help="transformers (reference path) or llamacpp (the shipped GGUF + the adapter as a GGUF LoRA).",
+)
 @db_option
-def specialist_worker(specialist: str, host: str, port: int, db: str | None) -> None:
+def specialist_worker(specialist: str, host: str, port: int, engine: str, db: str | None) -> None:
     """Serve one specialist's model over loopback HTTP for the gateway (started by `downsize serve`).
 
     The model (and torch) live in this process, so the gateway's stays light and a model crash cannot take
@@ -365,7 +404,7 @@ def specialist_worker(specialist: str, host: str, port: int, db: str | None) -> 
     from downsize.backends.specialist_worker import create_worker_app
     from downsize.backends.transformers_runtime import runtime_for
 
-    runtime = runtime_for(_store(db).specialist(specialist))
+    runtime = runtime_for(_store(db).specialist(specialist), engine=engine)
     uvicorn.run(create_worker_app(runtime), host=host, port=port, log_level="warning", access_log=False)
 
 

@@ -1,4 +1,5 @@
-"""`downsize models`: the candidate student catalog, optionally filtered to what fits this machine (register in main)."""
+"""`downsize models`: the candidate student catalog, optionally filtered to what fits this machine and screened
+zero-/few-shot on the store's validation calls (register in main)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,42 @@ from downsize.select.filters import DEFAULT_HEADROOM, LICENCE_POLICIES, Candidat
     help="With --fits: precision of the weights (default: bf16 on a GPU, fp32 on CPU).",
 )
 @click.option("--memory-gb", type=float, help="With --fits: memory to fit in instead of this machine's.")
+@click.option(
+    "--screen",
+    is_flag=True,
+    help="Apply the hard filters, then run every passing student whose weights are here zero-shot and few-shot "
+    "on the store's validation tool calls; print the ranking.",
+)
+@click.option(
+    "--student",
+    "students",
+    multiple=True,
+    help="With --screen: screen these students (catalog name, HF id or folder) instead of the filtered catalog.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=40,
+    show_default=True,
+    help="With --screen: validation calls to screen on (evenly spread).",
+)
+@click.option(
+    "--shots",
+    "k",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="With --screen: few-shot examples.",
+)
+@click.option(
+    "--source", default="tau-airline", show_default=True, help="With --screen: exchanges of this source."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="With --screen.")
+@click.option(
+    "--db",
+    envvar="DOWNSIZE_DB",
+    help="With --screen: SQLAlchemy URL of the store (default: $DOWNSIZE_HOME/downsize.db).",
+)
 def models(
     as_json: bool,
     fits: bool,
@@ -47,13 +84,39 @@ def models(
     prompt_tokens: int,
     precision: str | None,
     memory_gb: float | None,
+    screen: bool,
+    students: tuple[str, ...],
+    limit: int,
+    k: int,
+    source: str,
+    batch_size: int,
+    db: str | None,
 ) -> None:
     """List candidate student models: parameters, licence, context, memory at fp32/bf16/4-bit, published
     BFCL and IFEval scores (with sources in --json), and whether the weights are available offline here.
 
     Memory is the weights alone: parameters x 4 (fp32), 2 (bf16) or 0.56 (4-bit) bytes; --fits adds
     20% headroom for KV cache and activations.
+
+    --screen ranks students by BFCL-style AST match (then exact match, tool-name accuracy) of their untrained
+    answers to the task's validation calls (`downsize import tau-airline` first); few-shot examples are the
+    nearest training calls by MiniLM embedding. Example: downsize models --screen --limit 20
     """
+    if screen:
+        _screen(
+            students,
+            limit,
+            k,
+            source,
+            batch_size,
+            db,
+            as_json,
+            licence_policy,
+            prompt_tokens,
+            precision,
+            memory_gb,
+        )
+        return
     candidates: list[Candidate] = [Candidate(entry, ()) for entry in CATALOG]
     hardware = Hardware(cores=0, ram_gb=0.0)
     if fits:
@@ -149,3 +212,83 @@ def render_table(entries: list[CatalogEntry]) -> str:
         ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def _screen(
+    students: tuple[str, ...],
+    limit: int,
+    k: int,
+    source: str,
+    batch_size: int,
+    db: str | None,
+    as_json: bool,
+    licence_policy: str,
+    prompt_tokens: int,
+    precision: str | None,
+    memory_gb: float | None,
+) -> None:
+    from downsize.errors import ConfigError
+    from downsize.select.screen import estimate_prompt_tokens, screen_students, tau_cases
+    from downsize.store import Store
+
+    store = Store.open(db)
+    try:
+        cases, pool = tau_cases(store, limit=limit, source=source or None)
+    finally:
+        store.close()
+    if not cases:
+        raise ConfigError(
+            f"the store holds no validation tool calls from {source!r}: run `downsize import tau-airline` first"
+        )
+    skipped: dict[str, str] = {}
+    if students:
+        chosen = list(students)
+    else:
+        hardware = (
+            Hardware(cores=os.cpu_count() or 1, ram_gb=memory_gb)
+            if memory_gb is not None
+            else Hardware.detect()
+        )
+        needed = max(prompt_tokens, estimate_prompt_tokens(cases, k))
+        chosen = []
+        for c in select_candidates({"longest_prompt_tokens": needed}, hardware, licence_policy, precision):
+            name = screen_name(c.entry)
+            if not c.ok:
+                skipped[c.entry.name] = c.verdict
+            elif name is None:
+                skipped[c.entry.name] = "weights not available offline here"
+            else:
+                chosen.append(name)
+    if not chosen:
+        raise ConfigError(
+            "no student passes the hard filters with weights here: see `downsize models --fits`"
+        )
+    click.echo(
+        f"screening {', '.join(chosen)} on {len(cases)} validation calls ({len(pool)} training calls for shots)",
+        err=True,
+    )
+    report = screen_students(cases, pool, chosen, k=k, batch_size=batch_size, progress=not as_json)
+    if as_json:
+        payload = report.as_dict(with_answers=5)
+        payload["skipped"] = skipped
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(report.table())
+    for name, why in report.failed.items():
+        click.echo(f"  could not load {name}: {why}")
+    if skipped:
+        click.echo(
+            f"{len(skipped)} catalog entries not screened (hard filters or no offline weights); see --json"
+        )
+
+
+def screen_name(entry: CatalogEntry) -> str | None:
+    """What to load a catalog entry by for the screen: its catalog name when it ships offline, else a cached HF id."""
+    from downsize.backends.students import OFFLINE_STUDENTS
+
+    if entry.name in OFFLINE_STUDENTS:
+        return entry.name
+    where = offline_source(entry)
+    if where and where.startswith("hf-cache:"):
+        return entry.hf_id
+    return None

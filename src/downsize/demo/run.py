@@ -78,8 +78,19 @@ def replay(store: Store, gateway_url: str, run_id: str) -> list[dict[str, Any]]:
     return records
 
 
-def run_demo(data: Path, train_minutes: float = 8.0, store: Store | None = None) -> dict[str, Any]:
-    """The whole loop on the embedded default; writes $DOWNSIZE_HOME/reports/demo-summary.json."""
+def run_demo(
+    data: Path,
+    train_minutes: float = 8.0,
+    store: Store | None = None,
+    student: str = "smollm2-135m",
+    engine: str = "transformers",
+    epochs: float = 1.0,
+) -> dict[str, Any]:
+    """The whole loop on the embedded default; writes $DOWNSIZE_HOME/reports/demo-summary.json.
+
+    `engine` serves (and evaluates, so the threshold is calibrated on the same numbers) through transformers
+    or llama.cpp.
+    """
     from downsize.backends.transformers_runtime import runtime_for
     from downsize.evaluate.tool_calls import evaluate_specialist
     from downsize.gateway.app import create_app
@@ -92,13 +103,13 @@ def run_demo(data: Path, train_minutes: float = 8.0, store: Store | None = None)
     _say(f"imported {read} exchanges ({added} new)")
 
     _say(f"training the specialist (budget {train_minutes} min on {_cores()} cores)")
-    result = train_specialist(store, TrainConfig(max_minutes=train_minutes))
+    result = train_specialist(store, TrainConfig(student=student, max_minutes=train_minutes, epochs=epochs))
     _say(
         f"trained: {result.tokens} tokens in {result.seconds / 60:.1f} min = {result.tokens_per_s:.0f} tokens/s"
     )
 
     specialist = store.specialist(result.specialist_id)
-    runtime = runtime_for(specialist)
+    runtime = runtime_for(specialist, engine=engine)
     _say("evaluating on validation (calibration) and test tool calls")
     report = evaluate_specialist(store, specialist, EvalConfig(), runtime=runtime)
     threshold = report["threshold"]
@@ -186,6 +197,7 @@ def run_demo(data: Path, train_minutes: float = 8.0, store: Store | None = None)
         "status": status,
         "promotion": gate_live.reason,
         "shadow_would_serve": shadow_served,
+        "shadow_agreed": shadow_agreed,
         "shadow_agreement": round(shadow_agreed / shadow_served, 4) if shadow_served else None,
         "shadow_agreement_lower95": round(wilson_lower(shadow_agreed, shadow_served), 4),
         "specialist": {
@@ -202,6 +214,9 @@ def run_demo(data: Path, train_minutes: float = 8.0, store: Store | None = None)
             "final_loss": round(result.final_loss, 4),
         },
         "eval_test_tool_calls": {k: v for k, v in report["test_tool_calls"].items() if k != "curve"},
+        "validation_at_threshold": report["validation"]["at_threshold"],
+        "test_curve": report["test_tool_calls"]["curve"],
+        "engine": engine,
         "wall_minutes": round((time.perf_counter() - wall) / 60, 2),
         "run_id": run_id,
     }

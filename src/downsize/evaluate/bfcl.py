@@ -21,7 +21,9 @@ from typing import Any
 
 from downsize.config import home
 from downsize.errors import ConfigError
-from downsize.evaluate.ast_match import AstResult, ast_match
+from downsize.evaluate.ast_match import AstResult, ast_match, find_description
+from downsize.select.screen import CallCase
+from downsize.types import ToolCall
 
 BFCL_VERSION = "2026.3.23"
 CATEGORIES = ("simple_python", "multiple", "parallel")  # the single-turn Python categories used here
@@ -104,6 +106,52 @@ class BfclQuestion:
     def score(self, calls: Iterable[Any]) -> AstResult:
         """BFCL AST match of predicted calls against this question's gold answer."""
         return ast_match(self.functions, calls, self.ground_truth, self.category)
+
+    def gold_calls(self) -> list[ToolCall]:
+        """One correct answer, to train on: an optional parameter ("" among its possible values) is left out,
+        any other takes its first possible value (nested dicts unwrapped the same way).
+
+        Names are the OpenAI tool names ("." made "_"), the ones the student is offered and may write.
+        """
+        calls = []
+        for answer in self.ground_truth:
+            ((name, params),) = answer.items()
+            doc = find_description(self.functions, str(name)) or {}
+            required = set((doc.get("parameters") or {}).get("required") or [])
+            arguments = {}
+            for param, values in params.items():
+                chosen = [v for v in values if v != ""]
+                if chosen and (param in required or "" not in values):
+                    arguments[param] = _first_answer(chosen[0])
+            calls.append(ToolCall(name=str(name).replace(".", "_"), arguments=arguments))
+        return calls
+
+    def to_case(self, role: str) -> CallCase:
+        """The question as a screen case (`role`: train or test), checked by BFCL's rule for its category."""
+        return CallCase(
+            key=self.id,
+            messages=self.messages,
+            tools=self.tools,
+            gold=self.gold_calls(),
+            role=role,
+            category=self.category,
+            possible_answers=self.ground_truth,
+            functions=self.functions,
+        )
+
+
+def _first_answer(value: Any) -> Any:
+    """A possible answer made a plain value: in a nested dict each key maps to its own list of possibilities."""
+    if isinstance(value, dict):
+        out = {}
+        for key, values in value.items():
+            chosen = [v for v in values if v != ""] if isinstance(values, list) else [values]
+            if chosen:
+                out[key] = _first_answer(chosen[0])
+        return out
+    if isinstance(value, list):
+        return [_first_answer(v) for v in value]
+    return value
 
 
 def _read_jsonl(archive: zipfile.ZipFile, name: str, wheel: Path) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,21 @@ def score(ex: Exchange, gen: Generation, gate_logp: float = 0.0) -> Scored:
         agrees=valid and exact_match(gen.call, reference),
         teacher_called=reference is not None,
     )
+
+
+def task_scope(store: Store, specialist: Specialist) -> Callable[[Exchange], bool] | None:
+    """For a specialist of discovered tasks: whether the task assigner maps an exchange to one of them."""
+    tasks = set(specialist.config.get("tasks") or [])
+    if not tasks:
+        return None
+    from downsize.discover.discovery import load_assigner
+
+    assigner = load_assigner(store, specialist.config.get("discovery_run"))
+
+    def covered(ex: Exchange) -> bool:
+        return assigner.assign(ex.request, ex.agent, ex.task_hint).task in tasks
+
+    return covered
 
 
 def generate_all(
@@ -95,6 +111,10 @@ def evaluate_specialist(
         and dev_role(ex, train_cfg.validation_fraction) == "validation"
     ][: config.limit]
     test = list(store.exchanges(split="test", response_kind="tool_call"))[: config.limit]
+    covered = task_scope(store, specialist)
+    if covered is not None:  # a specialist of discovered tasks is judged on the calls the router sends it
+        validation = [ex for ex in validation if covered(ex)]
+        test = [ex for ex in test if covered(ex)]
     gate = TaskGate.load(specialist.adapter_path)
     val_out = generate_all(runtime, validation, config.batch_size, "eval validation", progress, gate)
     test_out = generate_all(runtime, test, config.batch_size, "eval test", progress, gate)
@@ -148,6 +168,9 @@ def evaluate_specialist(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     report["path"] = str(path)
+    from downsize.evaluate.curves import write_curve_html
+
+    report["curve_path"] = str(write_curve_html(report, path.with_suffix(".html")))
     return report
 
 

@@ -219,7 +219,7 @@ class _Gateway:
         specialist_id: int | None = None
         router = self.router
         if router is not None and router.applies(payload) is None:
-            outcome = await self._route(router, payload)
+            outcome = await self._route(router, payload, head.meta)
             if outcome is not None:
                 decision, specialist_id = outcome.decision, outcome.specialist_id
                 if decision is not None and decision.served and outcome.response is not None:
@@ -243,7 +243,9 @@ class _Gateway:
             return await self._forward_stream(body, head, capture)
         return await self._forward(body, head, capture)
 
-    async def _route(self, router: Router, payload: dict[str, Any]) -> RouteOutcome | None:
+    async def _route(
+        self, router: Router, payload: dict[str, Any], meta: dict[str, str] | None = None
+    ) -> RouteOutcome | None:
         """The router's answer within `specialist_timeout_s`; past it (or while a timed-out call still
         runs), a `specialist_timeout` fallback. None when the router itself failed."""
         stuck = self._stuck
@@ -251,7 +253,10 @@ class _Gateway:
             if not stuck.done():
                 return self._timed_out(router, 0.0)
             self._stuck = None
-        future = self.router_executor().submit(router.route, payload)
+        meta = meta or {}
+        future = self.router_executor().submit(
+            router.route, payload, meta.get("agent"), meta.get("task_hint")
+        )
         try:
             if self.specialist_timeout_s is None:
                 return await asyncio.wrap_future(future)

@@ -40,6 +40,12 @@ def load_router(
 
         runtime_factory = runtime_for
     runtime = runtime_factory(sp)
+    tasks = frozenset(sp.config.get("tasks") or [])
+    assigner = None
+    if tasks:
+        from downsize.discover.discovery import load_assigner
+
+        assigner = load_assigner(store, sp.config.get("discovery_run"))
     return Router(
         specialist=sp,
         runtime=runtime,
@@ -47,4 +53,6 @@ def load_router(
         task_tools=frozenset(sp.config.get("task_tools", [])),
         gate=TaskGate.load(sp.adapter_path),
         shadow=sp.status == "shadow",
+        assigner=assigner,
+        tasks=tasks,
     )

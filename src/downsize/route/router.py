@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from downsize.discover.assign import TaskAssigner
 from downsize.prompting import TEXT_REPLY
 from downsize.route.gate import TaskGate
 from downsize.route.validate import validate_call
@@ -68,6 +69,19 @@ class Router:
     task_tools: frozenset[str] = field(default_factory=frozenset)
     gate: TaskGate | None = None  # decides text-or-which-tool before the student fills the arguments
     shadow: bool = False  # run beside the LLM: decide and log, but never serve
+    assigner: TaskAssigner | None = None  # maps a request to a discovered task (or none: novel)
+    tasks: frozenset[str] = field(default_factory=frozenset)  # the discovered tasks the specialist serves
+
+    def covers(
+        self, request: dict[str, Any], agent: str | None = None, task_hint: str | None = None
+    ) -> str | None:
+        """None when the request falls in one of the specialist's discovered tasks, else why not."""
+        if self.assigner is None or not self.tasks:
+            return None
+        assignment = self.assigner.assign(request, agent, task_hint)
+        if assignment.task is None:
+            return f"novel_task:{assignment.reason}"
+        return None if assignment.task in self.tasks else f"other_task:{assignment.task}"
 
     def applies(self, request: dict[str, Any]) -> str | None:
         """None when the specialist may answer this request, else the reason it may not."""
@@ -82,7 +96,9 @@ class Router:
             return "n_not_1"
         return None
 
-    def route(self, request: dict[str, Any]) -> RouteOutcome:
+    def route(
+        self, request: dict[str, Any], agent: str | None = None, task_hint: str | None = None
+    ) -> RouteOutcome:
         not_applicable = self.applies(request)
         if not_applicable is not None:
             return RouteOutcome(decision=None)
@@ -90,6 +106,11 @@ class Router:
         decision = RouteDecision(
             served=False, reason="", specialist=str(self.specialist.id), threshold=self.threshold
         )
+        uncovered = self.covers(request, agent, task_hint)
+        if uncovered is not None:
+            decision.reason = uncovered[:64]
+            decision.latency_ms = (time.perf_counter() - started) * 1000
+            return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
         tool = None
         gate_logp = 0.0
         if self.gate is not None:

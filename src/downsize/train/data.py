@@ -31,6 +31,7 @@ def training_exchanges(
     store: Store, config: TrainConfig, role: str = "train", source: str | None = None
 ) -> list[Exchange]:
     """Dev-split, machine-facing tool-call exchanges in the given role (train or validation)."""
+    members = task_members(store, config) if config.tasks else None
     if config.curated:
         from downsize.curate.view import curated_training_exchanges
 
@@ -39,11 +40,40 @@ def training_exchanges(
         candidates = list(store.exchanges(source=source, split="dev", response_kind="tool_call"))
     out = []
     for ex in candidates:
-        if ex.is_hci:
+        if ex.is_hci or (members is not None and ex.id not in members):
             continue
         if dev_role(ex, config.validation_fraction) == role:
             out.append(ex)
     return out
+
+
+def resolve_tasks(store: Store, config: TrainConfig) -> TrainConfig:
+    """Pin `discovery_run` to the run the task keys come from, checking every key exists in it."""
+    if not config.tasks:
+        return config
+    from dataclasses import replace
+
+    from downsize.discover import runs
+    from downsize.errors import ConfigError
+
+    run_id = runs.require_run(store, config.discovery_run)
+    known = {t["task_key"]: t for t in runs.run_tasks(store, run_id)}
+    unknown = [k for k in config.tasks if k not in known]
+    if unknown:
+        raise ConfigError(
+            f"no task {', '.join(map(repr, unknown))} in discovery run {run_id}: "
+            "`downsize tasks` lists the task keys"
+        )
+    return replace(config, discovery_run=run_id)
+
+
+def task_members(store: Store, config: TrainConfig) -> set[int]:
+    """Ids of the exchanges discovery put in the config's tasks."""
+    from downsize.discover import runs
+
+    wanted = set(config.tasks)
+    assigned = runs.exchange_tasks(store, runs.require_run(store, config.discovery_run))
+    return {ex_id for ex_id, (key, _) in assigned.items() if key in wanted}
 
 
 def build_examples(

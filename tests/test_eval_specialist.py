@@ -1,0 +1,44 @@
+"""`downsize eval` end to end on the real student: a few training steps, then validation and test calls."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from downsize.config import EvalConfig, TrainConfig
+from downsize.store import Store
+
+pytestmark = pytest.mark.slow
+
+
+def test_eval_calibrates_reports_and_draws_the_curves(imported_db: str, tmp_path: Path) -> None:
+    from downsize.evaluate.tool_calls import evaluate_specialist
+    from downsize.train.lora import train_specialist
+
+    store = Store.open(imported_db)
+    config = TrainConfig(
+        max_tokens=300, batch_size=4, max_prompt_tokens=64, max_message_tokens=32, specialist="t-eval"
+    )
+    result = train_specialist(store, config, out_dir=tmp_path / "adapter", progress=False)
+    sp = store.specialist(result.specialist_id)
+    report = evaluate_specialist(
+        store, sp, EvalConfig(limit=6, batch_size=6, max_new_tokens=32), progress=False
+    )
+    # validation holds text replies too (the router cannot know them in advance); test only tool calls
+    assert report["validation"]["calls"] == 6 and report["test_tool_calls"]["calls"] == 6
+    t = report["test_tool_calls"]
+    assert 0.0 <= t["exact_agreement"] <= t["tool_name_accuracy"] + 1e-9 <= 1.0 + 1e-9
+    assert 0.0 <= t["valid_share"] <= 1.0  # calls the gate sends to text are never generated, so not valid
+    for point in report["validation"]["curve"]:
+        assert point["agreement_lower95"] <= point["agreement"] and point["served"] >= point["agreed"]
+    # the threshold and metrics are stored with the specialist; the JSON and the HTML page are written
+    again = store.specialist(sp.id)
+    assert again.threshold == report["threshold"] and "eval" in again.metrics
+    assert report["threshold"] is None or math.isfinite(report["threshold"])
+    saved = json.loads(Path(report["path"]).read_text())
+    assert saved["test_tool_calls"]["calls"] == 6
+    page = Path(report["curve_path"]).read_text()
+    assert "<svg" in page and "<script" not in page

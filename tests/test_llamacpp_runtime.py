@@ -1,0 +1,242 @@
+"""The llama.cpp serving path: the GGUF LoRA writer, and agreement with the transformers reference path.
+
+The agreement test trains a LoRA briefly on SmolLM2-135M (a few real tau-airline calls, overfitted in a
+few steps so the model is confident), then asks both runtimes for the same calls: the same generated
+text, and confidences within a small margin (llama.cpp runs the Q4_1 weights with quantised activations,
+transformers the same weights dequantised to fp32).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from downsize.backends.gguf_lora import gguf_lora_for, lora_tensors, rope_permute, write_gguf_lora
+from downsize.prompting import PromptBudget, render_target
+from downsize.types import ToolCall
+
+TAU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tau-airline"
+TOOLS = json.loads((TAU / "tools.json").read_text())
+BUDGET = PromptBudget(48, 24)
+META = {"architecture": "llama", "block_count": 2, "head_count": 4, "head_count_kv": 2, "chat_template": None}
+
+
+def tau_calls(n: int, names: tuple[str, ...] = ("get_user_details", "get_reservation_details")) -> list:
+    """(messages up to a teacher tool call, that call) for the first n short calls of the test split."""
+    samples = []
+    for run in json.loads((TAU / "trajectories-gpt-4o.json").read_text()):
+        if run["task_id"] < 35 or run["trial"] != 0:
+            continue
+        for i, message in enumerate(run["traj"]):
+            for call in message.get("tool_calls") or []:
+                if call["function"]["name"] in names and len(samples) < n:
+                    args = json.loads(call["function"]["arguments"])
+                    samples.append((run["traj"][:i], ToolCall(call["function"]["name"], args)))
+                break
+    return samples
+
+
+def fake_adapter(folder: Path, r: int = 4, alpha: float = 8.0, **config: object) -> dict[str, np.ndarray]:
+    """A PEFT-shaped LoRA folder for a tiny llama (hidden 16, 4 heads, 2 kv heads, 2 layers)."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    shapes = {
+        "q_proj": (16, 16),
+        "k_proj": (8, 16),
+        "v_proj": (8, 16),
+        "o_proj": (16, 16),
+        "down_proj": (16, 32),
+    }
+    weights = {}
+    for layer in range(2):
+        for module, (out_dim, in_dim) in shapes.items():
+            part = "mlp" if module == "down_proj" else "self_attn"
+            key = f"base_model.model.model.layers.{layer}.{part}.{module}"
+            weights[f"{key}.lora_A.weight"] = rng.normal(size=(r, in_dim)).astype(np.float32)
+            weights[f"{key}.lora_B.weight"] = rng.normal(size=(out_dim, r)).astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"r": r, "lora_alpha": alpha, **config}))
+    return weights
+
+
+def test_peft_weights_get_llama_cpp_names_layout_permutation_and_scale(tmp_path: Path) -> None:
+    weights = fake_adapter(tmp_path / "a")
+    alpha, tensors = lora_tensors(tmp_path / "a", META)
+    assert alpha == 8.0 and len(tensors) == 2 * 2 * 5
+    prefix = "base_model.model.model.layers.1"
+    v_a, v_b = (
+        weights[f"{prefix}.self_attn.v_proj.lora_A.weight"],
+        weights[f"{prefix}.self_attn.v_proj.lora_B.weight"],
+    )
+    assert np.array_equal(tensors["blk.1.attn_v.weight.lora_a"], v_a)
+    assert np.array_equal(tensors["blk.1.attn_v.weight.lora_b"], v_b)
+    assert tensors["blk.0.ffn_down.weight.lora_a"].shape == (4, 32)
+    # q and k rows follow llama.cpp's RoPE permutation (per head count), so B.A permutes like the base weight
+    q_b = weights[f"{prefix}.self_attn.q_proj.lora_B.weight"]
+    k_b = weights[f"{prefix}.self_attn.k_proj.lora_B.weight"]
+    assert np.array_equal(tensors["blk.1.attn_q.weight.lora_b"], rope_permute(q_b, 4))
+    assert np.array_equal(tensors["blk.1.attn_k.weight.lora_b"], rope_permute(k_b, 2))
+    assert not np.array_equal(rope_permute(q_b, 4), q_b)
+
+
+def test_rslora_and_alpha_patterns_are_folded_into_lora_b(tmp_path: Path) -> None:
+    weights = fake_adapter(tmp_path / "a", use_rslora=True, alpha_pattern={"v_proj": 2.0})
+    _, tensors = lora_tensors(tmp_path / "a", META)
+    b = weights["base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"]
+    # PEFT scales by alpha/sqrt(r) (2/2 here for v_proj); llama.cpp applies alpha/r = 8/4
+    assert np.allclose(tensors["blk.0.attn_v.weight.lora_b"] * 8.0 / 4, b * 2.0 / math.sqrt(4))
+
+
+def test_adapters_without_a_gguf_lora_form_are_refused(tmp_path: Path) -> None:
+    from downsize.errors import ConfigError
+
+    fake_adapter(tmp_path / "d", use_dora=True)
+    with pytest.raises(ConfigError, match="DoRA"):
+        lora_tensors(tmp_path / "d", META)
+    with pytest.raises(ConfigError, match="not a PEFT LoRA adapter"):
+        lora_tensors(tmp_path, META)
+
+
+def test_the_engine_fails_with_an_install_hint_without_llama_cpp(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from downsize.backends import llamacpp_runtime
+    from downsize.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"pip install 'downsize\[serve\]'"):
+        llamacpp_runtime.require_llama_cpp()
+
+
+def test_the_engine_is_chosen_on_the_command_line_and_checked() -> None:
+    from click.testing import CliRunner
+
+    from downsize.backends.transformers_runtime import runtime_for
+    from downsize.cli.main import main
+    from downsize.errors import ConfigError
+    from downsize.types import Specialist
+
+    for command in ("serve", "specialist-worker"):
+        result = CliRunner().invoke(main, [command, "--help"])
+        assert result.exit_code == 0 and "--engine [transformers|llamacpp]" in result.output
+    specialist = Specialist("s", "t", "smollm2-135m", "x", config={}, data_hash="")
+    with pytest.raises(ConfigError, match="unknown engine"):
+        runtime_for(specialist, engine="vllm")
+
+
+# -- the real model on both engines --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA on SmolLM2-135M overfitted on a few real calls (seconds), saved as PEFT writes it."""
+    pytest.importorskip("llama_cpp")
+    os.environ.setdefault("DOWNSIZE_MODELS", str(tmp_path_factory.mktemp("models")))
+    import torch
+
+    from downsize.backends.students import load_student
+    from downsize.backends.transformers_runtime import build_prompt, end_of_turn
+    from downsize.config import TrainConfig
+    from downsize.train.data import Example
+    from downsize.train.loop import batch_loss, collate, lora_model
+
+    torch.manual_seed(0)
+    model, tokenizer = load_student("smollm2-135m")
+    model = lora_model(model, TrainConfig(lora_r=8, lora_alpha=16))
+    examples = []
+    for messages, call in tau_calls(4):
+        prompt = tokenizer.encode(build_prompt(tokenizer, messages, BUDGET), add_special_tokens=False)
+        target = tokenizer.encode(render_target(call) + end_of_turn(tokenizer), add_special_tokens=False)
+        examples.append(Example(None, list(prompt), list(target)))
+    ids, mask, labels, _ = collate(examples, tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=4e-3)
+    for _ in range(10):
+        batch_loss(model, ids, mask, labels).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    folder = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engines(trained_adapter: Path) -> tuple:
+    from downsize.backends.llamacpp_runtime import LlamaCppRuntime
+    from downsize.backends.transformers_runtime import TransformersRuntime
+
+    reference = TransformersRuntime("smollm2-135m", trained_adapter, BUDGET, max_new_tokens=40)
+    fast = LlamaCppRuntime("smollm2-135m", trained_adapter, BUDGET, max_new_tokens=40)
+    return reference, fast
+
+
+@pytest.mark.slow
+def test_both_engines_see_the_same_prompt_and_tokens(engines: tuple) -> None:
+    reference, fast = engines
+    for messages, _ in tau_calls(6):
+        prompt = reference.prompt(messages)
+        assert fast.prompt(messages) == prompt
+        assert fast.tokenizer.encode(prompt) == reference.tokenizer.encode(prompt, add_special_tokens=False)
+    same = sum(a == b for a, b in zip(reference.vocab, fast.token_texts.texts, strict=False))
+    assert same / len(reference.vocab) > 0.99
+
+
+@pytest.mark.slow
+def test_both_engines_generate_the_same_calls_with_close_confidences(engines: tuple) -> None:
+    reference, fast = engines
+    samples = tau_calls(6)  # the first 4 were trained on; the model is confident there
+    requests = [(messages, TOOLS) for messages, _ in samples]
+    expected = reference.generate_batch(requests)
+    served = [fast.generate(messages, TOOLS) for messages, _ in requests]
+    assert (
+        sum(g.call is not None and g.call == call for g, (_, call) in zip(served, samples, strict=True)) >= 3
+    )
+    confident = [(ref, got) for ref, got in zip(expected, served, strict=True) if ref.min_logprob > -0.5]
+    assert len(confident) >= 4
+    for ref, got in confident:  # two engines can only part at a near tie, i.e. at low confidence
+        assert got.text == ref.text
+        assert got.min_logprob == pytest.approx(ref.min_logprob, abs=0.1)
+        assert got.mean_logprob == pytest.approx(ref.mean_logprob, abs=0.05)
+    assert sum(ref.text == got.text for ref, got in zip(expected, served, strict=True)) >= 4
+    # a chosen tool and the early stop behave alike too
+    messages, call = samples[2]
+    fixed = [rt.generate(messages, TOOLS, tool=call.name) for rt in engines]
+    assert fixed[0].text == fixed[1].text and fixed[0].text.startswith(call.name + " ")
+    cut = [rt.generate(messages, TOOLS, stop_below=0.0) for rt in engines]
+    assert all(c.stopped_early and c.tokens == 1 and c.call is None for c in cut)
+
+
+@pytest.mark.slow
+def test_complete_takes_any_grammar_and_the_lora_changes_the_output(
+    engines: tuple, trained_adapter: Path
+) -> None:
+    from downsize.backends.grammar import ToolCallGrammar
+    from downsize.backends.llamacpp_runtime import LlamaCppRuntime
+
+    reference, fast = engines
+    messages = tau_calls(1)[0][0]
+    prompts = [reference.prompt(messages)]
+    grammar = ToolCallGrammar.for_tools(TOOLS)
+    ref, got = reference.complete(prompts, [grammar])[0], fast.complete(prompts, [grammar])[0]
+    assert got.text == ref.text and got.done and not grammar.done  # the caller's grammar is not consumed
+    assert len(got.logprobs) == len(ref.logprobs)
+    base = LlamaCppRuntime("smollm2-135m", None, BUDGET, max_new_tokens=40)
+    plain = base.complete(prompts, [grammar])[0]
+    assert plain.text != got.text or abs(plain.mean_logprob - got.mean_logprob) > 0.5
+    # the GGUF LoRA is written once beside the adapter and reused
+    path = gguf_lora_for(trained_adapter, fast.model_path)
+    assert path == fast.lora_path and path.parent == trained_adapter
+    stamp = path.stat().st_mtime_ns
+    assert gguf_lora_for(trained_adapter, fast.model_path).stat().st_mtime_ns == stamp
+    assert (
+        write_gguf_lora(trained_adapter, fast.model_path, trained_adapter / "again.gguf").stat().st_size > 0
+    )
