@@ -68,7 +68,9 @@ class TrainConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     learning_rate: float | None = None  # default by method: 1e-3 for adapters, 5e-5 for full fine-tuning
-    batch_size: int = 8
+    # examples per step; None: 2 on CPU (faster per token there than 8, and more updates per token:
+    # docs/log.md 2026-12-02), 16 on a GPU
+    batch_size: int | None = None
     epochs: float = 1.0  # an upper bound; the token and minute budgets may stop earlier
     max_tokens: int | None = None  # stop after this many trained tokens (padding excluded)
     max_minutes: float | None = None  # stop after this many minutes of training
@@ -94,7 +96,7 @@ class TrainConfig:
             )
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, not {self.learning_rate}")
-        if self.batch_size < 1 or self.lora_r < 1:
+        if (self.batch_size is not None and self.batch_size < 1) or self.lora_r < 1:
             raise ConfigError("batch_size and lora_r must be >= 1")
 
     @property

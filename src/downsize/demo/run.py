@@ -23,8 +23,7 @@ from downsize.evaluate.metrics import exact_match, wilson_lower
 from downsize.evaluate.promotion import promotion_gate
 from downsize.importers.tau_airline import import_tau_airline
 from downsize.prompting import parse_target
-from downsize.route.gate import TaskGate
-from downsize.route.router import Router
+from downsize.route.loading import load_router
 from downsize.shapes import response_message, tool_calls
 from downsize.store import Store
 
@@ -59,7 +58,7 @@ def replay(store: Store, gateway_url: str, run_id: str) -> list[dict[str, Any]]:
             tools=ex.request["tools"],
             extra_headers={
                 "X-Downsize-Session": f"{run_id}/{ex.id}",
-                "X-Downsize-Agent": "tau-airline-replay",
+                "X-Downsize-Agent": "tau-airline",  # the call site the logs were captured at
             },
         )
         elapsed_ms = (time.perf_counter() - started) * 1000
@@ -91,9 +90,6 @@ def run_demo(
     `engine` serves (and evaluates, so the threshold is calibrated on the same numbers) through transformers
     or llama.cpp.
     """
-    from downsize.backends.transformers_runtime import runtime_for
-    from downsize.evaluate.tool_calls import evaluate_specialist
-    from downsize.gateway.app import create_app
     from downsize.train.lora import train_specialist
 
     wall = time.perf_counter()
@@ -107,14 +103,45 @@ def run_demo(
     _say(
         f"trained: {result.tokens} tokens in {result.seconds / 60:.1f} min = {result.tokens_per_s:.0f} tokens/s"
     )
+    assert result.specialist_id is not None
+    summary = prove_specialist(store, result.specialist_id, engine=engine)
+    summary["train"] = {
+        "minutes": round(result.seconds / 60, 2),
+        "tokens": result.tokens,
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "examples": result.examples,
+        "epochs": round(result.epochs, 3),
+        "final_loss": round(result.final_loss, 4),
+    }
+    summary["wall_minutes"] = round((time.perf_counter() - wall) / 60, 2)
+    summary_path = home() / "reports" / "demo-summary.json"
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary, indent=2))
+    _say(
+        f"served {summary['served']}/{summary['tool_calls']} tool calls ({summary['served_share']:.1%}), "
+        f"agreement with gpt-4o {summary['agreement'] if summary['served'] else 'n/a'} "
+        f"(lower95 {summary['agreement_lower95']}); fallbacks {summary['fallbacks']}; "
+        f"wall {summary['wall_minutes']} min; summary: {summary_path}"
+    )
+    return summary
 
-    specialist = store.specialist(result.specialist_id)
+
+def prove_specialist(store: Store, specialist_id: int, engine: str = "transformers") -> dict[str, Any]:
+    """Evaluate a trained specialist, apply the promotion gate, and replay the test split through the gateway.
+
+    The router is built by `load_router`, the same code `downsize serve` uses, so a specialist trained on
+    discovered tasks (`downsize train --task`) routes through its task assigner here as it would in
+    production. Returns the replay's figures (served share, agreement, fallbacks by reason, latency).
+    """
+    from downsize.backends.transformers_runtime import runtime_for
+    from downsize.evaluate.tool_calls import evaluate_specialist
+    from downsize.gateway.app import create_app
+
+    specialist = store.specialist(specialist_id)
     runtime = runtime_for(specialist, engine=engine)
     _say("evaluating on validation (calibration) and test tool calls")
     report = evaluate_specialist(store, specialist, EvalConfig(), runtime=runtime)
     threshold = report["threshold"]
-    assert specialist.id is not None
-    specialist_id = specialist.id
     specialist = store.specialist(specialist_id)  # with the threshold and metrics the evaluation stored
     # the product's own rule: live only through the promotion gate; otherwise shadow (log, never serve)
     gate_live = promotion_gate(specialist, "live")
@@ -127,21 +154,21 @@ def run_demo(
     )
     if status != "candidate":
         store.set_status(specialist_id, status)
-        specialist = store.specialist(specialist_id)
     if threshold is None:
         _say(
             "no threshold reached the target on validation: the specialist serves nothing (every call falls back)"
         )
     else:
         _say(f"threshold {threshold:.4f}; promotion: {status} ({gate_live.reason})")
-    router = Router(
-        specialist=specialist,
-        runtime=runtime,
+    router = load_router(
+        store,
+        str(specialist_id),
         threshold=threshold if threshold is not None else math.inf,
-        task_tools=frozenset(specialist.config.get("task_tools", [])),
-        gate=TaskGate.load(specialist.adapter_path),
-        shadow=status == "shadow",
+        runtime_factory=lambda _sp: runtime,
     )
+    assert router is not None
+    router.shadow = status == "shadow"
+    specialist = router.specialist
 
     run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     upstream_app = create_recorded_upstream(recordings(store))
@@ -164,20 +191,23 @@ def run_demo(
     fallbacks: Counter[str] = Counter()
     latency: dict[str, list[float]] = {"specialist": [], "fallback": [], "upstream": []}
     shadow_served = shadow_agreed = 0
+    in_tasks = 0  # teacher tool calls the router considered (not refused as another or a novel task)
     for rec in replayed:
         row = logged.get(f"{run_id}/{rec['exchange'].id}")
         route = (row.route if row else None) or "missing"
         path = route.split(":", 1)[0] if route.startswith(("specialist:", "fallback:")) else "upstream"
         latency[path].append(rec["elapsed_ms"])
+        reason = route.removeprefix("fallback:") if path == "fallback" else ""
         if path == "fallback":
-            fallbacks[route.removeprefix("fallback:")] += 1
+            fallbacks[reason.split(":", 1)[0] if reason.startswith(_TASK_REASONS) else reason] += 1
+        if rec["teacher_called"] and path != "upstream" and not reason.startswith(_TASK_REASONS):
+            in_tasks += 1
         if row is not None and row.id in candidates:
             shadow_served += 1
             teacher = tool_calls(response_message(rec["exchange"].response))
             shadow_agreed += exact_match(
                 parse_target(candidates[row.id] or ""), teacher[0] if teacher else None
             )
-    routes = logged
     served_recs = [r for r in replayed if r["by_specialist"]]
     served, agreed = len(served_recs), sum(r["agrees"] for r in served_recs)
     tool_call_count = sum(1 for r in replayed if r["teacher_called"])
@@ -190,7 +220,7 @@ def run_demo(
         "agreement_lower95": round(wilson_lower(agreed, served), 4),
         "agreed": agreed,
         "served_where_gpt4o_replied_in_text": sum(1 for r in served_recs if not r["teacher_called"]),
-        "stored_routes": len(routes),
+        "stored_routes": len(logged),
         "fallbacks": dict(sorted(fallbacks.items())),
         "latency_ms_p50": {path: _p50(values) for path, values in latency.items()},  # as the agent sees it
         "threshold": threshold,
@@ -204,31 +234,20 @@ def run_demo(
             "id": specialist.id,
             "student": specialist.base_model,
             "adapter": specialist.adapter_path,
-        },
-        "train": {
-            "minutes": round(result.seconds / 60, 2),
-            "tokens": result.tokens,
-            "tokens_per_s": round(result.tokens_per_s, 1),
-            "examples": result.examples,
-            "epochs": round(result.epochs, 3),
-            "final_loss": round(result.final_loss, 4),
+            "tasks": sorted(router.tasks),
         },
         "eval_test_tool_calls": {k: v for k, v in report["test_tool_calls"].items() if k != "curve"},
         "validation_at_threshold": report["validation"]["at_threshold"],
         "test_curve": report["test_tool_calls"]["curve"],
         "engine": engine,
-        "wall_minutes": round((time.perf_counter() - wall) / 60, 2),
         "run_id": run_id,
     }
-    summary_path = home() / "reports" / "demo-summary.json"
-    summary_path.parent.mkdir(parents=True, exist_ok=True)
-    summary_path.write_text(json.dumps(summary, indent=2))
-    _say(
-        f"served {served}/{tool_call_count} tool calls ({summary['served_share']:.1%}), agreement with gpt-4o "
-        f"{summary['agreement'] if served else 'n/a'} (lower95 {summary['agreement_lower95']}); fallbacks {summary['fallbacks']}; "
-        f"wall {summary['wall_minutes']} min; summary: {summary_path}"
-    )
+    if router.tasks:
+        summary["tool_calls_in_tasks"] = in_tasks  # the assigner sent these to the specialist's tasks
     return summary
+
+
+_TASK_REASONS = ("other_task", "novel_task")
 
 
 def _cores() -> int:
