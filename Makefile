@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-0.3
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover bench-serving bench-bfcl bench-specialists clean
+.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover bench-serving bench-bfcl bench-specialists bench-tasks clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,7 +37,7 @@ format: install
 	$(VENV)/bin/ruff format src tests benchmarks
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
-bench: bench-train bench-pii bench-discover bench-gateway bench-specialists
+bench: bench-train bench-pii bench-discover bench-gateway bench-specialists bench-tasks
 
 bench-train: install
 	$(PY) benchmarks/bench_train_serve.py
@@ -54,6 +54,11 @@ bench-bfcl: install
 # the issue's figures: tau-airline served share and agreement (train <= 60 min on CPU), BFCL, speed
 bench-specialists: bench-serving bench-bfcl
 	$(PY) benchmarks/bench_specialists.py
+
+# issue 4 end to end through the CLI: curate --pii, discover (dev split), train on the most suitable tool-call
+# tasks, then eval and replay of the test split through the gateway with the task assigner in the router
+bench-tasks: install
+	$(PY) benchmarks/bench_tasks.py
 
 bench-pii: install
 	$(PY) benchmarks/bench_pii.py

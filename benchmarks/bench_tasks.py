@@ -10,8 +10,9 @@ The issue-4 loop end to end, each stage the command a user would type, in a fres
 
 then, in-process, the demo's `prove_specialist`: evaluate on the tasks' validation and test calls (the
 assigner scopes both), apply the promotion gate, and replay **every** test-split call through the gateway,
-where the router asks the task assigner before anything else. The tasks chosen are the tool-call tasks
-with the highest suitability, as many as `--tasks` says.
+where the router asks the task assigner before anything else. The tasks chosen are every tool-call task
+whose dominant tool is one of `--tools` (default: the two lookups that copy an id from the conversation,
+about 60% of the test split's tool calls), or with `--tools ""` the `--tasks` most suitable tool-call tasks.
 
 Writes bench-results/tasks.json: curation counts, discovery summary, the chosen tasks, training figures,
 how many test tool calls the assigner put in those tasks, and served share / agreement as in
@@ -53,7 +54,12 @@ def main() -> int:
     )
     parser.add_argument("--train-minutes", type=float, default=15.0)
     parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--tasks", type=int, default=2, help="Train on the N most suitable tool-call tasks.")
+    parser.add_argument(
+        "--tools",
+        default="get_reservation_details,get_user_details",
+        help="Train on every tool-call task whose dominant tool is one of these (comma-separated).",
+    )
+    parser.add_argument("--tasks", type=int, default=2, help="Without --tools: the N most suitable tasks.")
     parser.add_argument("--engine", choices=["transformers", "llamacpp"], default="transformers")
     parser.add_argument("--home", type=Path, help="DOWNSIZE_HOME to use (default: a fresh temporary one).")
     args = parser.parse_args()
@@ -66,9 +72,10 @@ def main() -> int:
     discovery = json.loads(cli("discover", "--source", "tau-airline", "--split", "dev", "--json"))
     tasks = json.loads(cli("tasks", "--limit", "0", "--json"))
     tool_tasks = [t for t in tasks if t["output_kind"] == "tool_call"]
-    chosen = tool_tasks[: args.tasks]
+    wanted = {name.strip() for name in args.tools.split(",") if name.strip()}
+    chosen = [t for t in tool_tasks if t["dominant_tool"] in wanted] if wanted else tool_tasks[: args.tasks]
     if not chosen:
-        raise SystemExit("discovery found no tool-call task to train on")
+        raise SystemExit(f"discovery found no tool-call task to train on (dominant tool in {sorted(wanted)})")
     for t in chosen:
         print(
             f"  task {t['task_key']}: {t['label']} ({t['volume']} calls, suitability {t['suitability']:.2f})"
@@ -90,7 +97,12 @@ def main() -> int:
     store = Store.open()
     specialist = store.specialist()
     assert specialist.id is not None
-    summary = prove_specialist(store, specialist.id, engine=args.engine)
+    from downsize.errors import DownsizeError
+
+    try:
+        summary = prove_specialist(store, specialist.id, engine=args.engine)
+    except DownsizeError as exc:
+        raise SystemExit(f"cannot prove the specialist: {exc}") from None
     stats = (specialist.metrics or {}).get("train", {}) if isinstance(specialist.metrics, dict) else {}
     figures: dict[str, Any] = {
         "machine_cores": os.cpu_count(),
@@ -104,6 +116,7 @@ def main() -> int:
             "outliers": discovery.get("outliers"),
             "tool_call_tasks": len(tool_tasks),
         },
+        "chosen_by": f"dominant tool in {sorted(wanted)}" if wanted else f"top {args.tasks} by suitability",
         "chosen_tasks": [
             {k: t[k] for k in ("task_key", "label", "volume", "suitability", "dominant_tool") if k in t}
             for t in chosen

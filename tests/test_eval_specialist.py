@@ -14,7 +14,9 @@ from downsize.store import Store
 pytestmark = pytest.mark.slow
 
 
-def test_eval_calibrates_reports_and_draws_the_curves(imported_db: str, tmp_path: Path) -> None:
+def test_eval_calibrates_reports_and_draws_the_curves(
+    imported_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from downsize.evaluate.tool_calls import evaluate_specialist
     from downsize.train.lora import train_specialist
 
@@ -42,3 +44,11 @@ def test_eval_calibrates_reports_and_draws_the_curves(imported_db: str, tmp_path
     assert saved["test_tool_calls"]["calls"] == 6
     page = Path(report["curve_path"]).read_text()
     assert "<svg" in page and "<script" not in page
+
+    # a specialist of discovered tasks whose tasks cover no validation call cannot be calibrated: say so
+    import downsize.evaluate.tool_calls as tool_calls_module
+    from downsize.errors import ConfigError
+
+    monkeypatch.setattr(tool_calls_module, "task_scope", lambda _store, _sp: lambda _ex: False)
+    with pytest.raises(ConfigError, match="none of the 6 validation calls .* occur only in training"):
+        evaluate_specialist(store, sp, EvalConfig(limit=6, batch_size=6, max_new_tokens=32), progress=False)

@@ -172,3 +172,12 @@ def test_shadow_mode_decides_and_logs_but_never_serves() -> None:
     out = r.route(REQUEST)
     assert out.decision is not None and not out.decision.served and out.response is None
     assert out.decision.reason == "shadow" and out.decision.candidate == 'get_user_details {"user_id":"u1"}'
+
+
+def test_gate_decides_nothing_for_no_conversations() -> None:
+    gate = _gate()
+    assert gate.decide_many([]) == []
+    assert (
+        gate.decide_many([[{"role": "user", "content": "my user id is user_7"}]])[0].label
+        == "get_user_details"
+    )

@@ -8,22 +8,18 @@ the store encrypts bodies at rest, the masked bodies are encrypted too.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from downsize.errors import StoreError
 from downsize.store import Store, schema
+from downsize.store import runs as store_runs
 from downsize.types import Exchange
 
 _RUNS = schema.curation_runs
 _CURATED = schema.curated_exchanges
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _seal(store: Store, value: Any, column: str) -> Any:
@@ -45,22 +41,11 @@ def _open(store: Store, value: Any, column: str) -> Any:
 
 def start_run(store: Store, config: dict[str, Any]) -> int:
     """Record a new curation run (status `running`) with its resolved config; returns its id."""
-    try:
-        with store.engine.begin() as conn:
-            result = conn.execute(
-                insert(_RUNS).values(created_at=_now(), status="running", config=config, report=None)
-            )
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot record a curation run: {exc}") from exc
-    key = result.inserted_primary_key
-    if key is None:
-        raise StoreError("the database did not return the id of the curation run")
-    return int(key[0])
+    return store_runs.start(store, _RUNS, config, "curation")
 
 
 def finish_run(store: Store, run_id: int, report: dict[str, Any] | None, status: str = "done") -> None:
-    with store.engine.begin() as conn:
-        conn.execute(update(_RUNS).where(_RUNS.c.id == run_id).values(status=status, report=report))
+    store_runs.finish(store, _RUNS, run_id, report, status, "curation")
 
 
 def write_curated(store: Store, run_id: int, rows: Iterable[dict[str, Any]]) -> int:
@@ -90,16 +75,12 @@ def write_curated(store: Store, run_id: int, rows: Iterable[dict[str, Any]]) -> 
 
 def curation_runs(store: Store) -> list[dict[str, Any]]:
     """Every curation run, oldest first: id, created_at, status, config, report."""
-    with store.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(select(_RUNS).order_by(_RUNS.c.id)).mappings()]
+    return store_runs.all_runs(store, _RUNS)
 
 
 def latest_run_id(store: Store) -> int | None:
     """The newest finished curation run, or None when curate has never completed."""
-    q = select(_RUNS.c.id).where(_RUNS.c.status == "done").order_by(_RUNS.c.id.desc()).limit(1)
-    with store.engine.connect() as conn:
-        found = conn.execute(q).scalar_one_or_none()
-    return None if found is None else int(found)
+    return store_runs.latest_done(store, _RUNS)
 
 
 def curation_report(store: Store, run_id: int | None = None) -> dict[str, Any]:

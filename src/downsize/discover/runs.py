@@ -6,14 +6,14 @@ Runs are versions: nothing is overwritten, the newest finished run is the curren
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from downsize.errors import StoreError
 from downsize.store import Store, schema
+from downsize.store import runs as store_runs
 
 _RUNS = schema.discovery_runs
 _TASKS = schema.tasks
@@ -33,31 +33,13 @@ TASK_FIELDS = (
 )
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
 def start_run(store: Store, config: dict[str, Any]) -> int:
     """Record a new discovery run (status `running`) with its resolved config; returns its id."""
-    try:
-        with store.engine.begin() as conn:
-            result = conn.execute(
-                insert(_RUNS).values(created_at=_now(), status="running", config=config, report=None)
-            )
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot record a discovery run: {exc}") from exc
-    key = result.inserted_primary_key
-    if key is None:
-        raise StoreError("the database did not return the id of the discovery run")
-    return int(key[0])
+    return store_runs.start(store, _RUNS, config, "discovery")
 
 
 def finish_run(store: Store, run_id: int, report: dict[str, Any] | None, status: str = "done") -> None:
-    try:
-        with store.engine.begin() as conn:
-            conn.execute(update(_RUNS).where(_RUNS.c.id == run_id).values(status=status, report=report))
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot finish discovery run {run_id}: {exc}") from exc
+    store_runs.finish(store, _RUNS, run_id, report, status, "discovery")
 
 
 def write_tasks(
@@ -85,16 +67,12 @@ def write_tasks(
 
 def discovery_runs(store: Store) -> list[dict[str, Any]]:
     """Every discovery run, oldest first: id, created_at, status, config, report."""
-    with store.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(select(_RUNS).order_by(_RUNS.c.id)).mappings()]
+    return store_runs.all_runs(store, _RUNS)
 
 
 def latest_run_id(store: Store) -> int | None:
     """The newest finished discovery run, or None when discover has never completed."""
-    q = select(_RUNS.c.id).where(_RUNS.c.status == "done").order_by(_RUNS.c.id.desc()).limit(1)
-    with store.engine.connect() as conn:
-        found = conn.execute(q).scalar_one_or_none()
-    return None if found is None else int(found)
+    return store_runs.latest_done(store, _RUNS)
 
 
 def require_run(store: Store, run_id: int | None = None) -> int:

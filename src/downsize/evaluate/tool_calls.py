@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from downsize.backends.transformers_runtime import runtime_for
 from downsize.config import EvalConfig, TrainConfig, home, resolve
+from downsize.errors import ConfigError
 from downsize.evaluate.metrics import Scored, at_threshold, calibrate, curve, exact_match, wilson_lower
 from downsize.prompting import TEXT_REPLY
 from downsize.route.gate import GateDecision, TaskGate
@@ -113,8 +114,17 @@ def evaluate_specialist(
     test = list(store.exchanges(split="test", response_kind="tool_call"))[: config.limit]
     covered = task_scope(store, specialist)
     if covered is not None:  # a specialist of discovered tasks is judged on the calls the router sends it
+        offered = len(validation)
         validation = [ex for ex in validation if covered(ex)]
         test = [ex for ex in test if covered(ex)]
+        if not validation:
+            raise ConfigError(
+                f"the task assigner sends none of the {offered} validation calls to this specialist's tasks "
+                f"({', '.join(sorted(specialist.config.get('tasks') or []))}), so no threshold can be "
+                "calibrated: those tasks occur only in training workflows. Train on broader tasks (every "
+                "`--task` key of a tool, see `downsize tasks`) or run `downsize discover` with a larger "
+                "--min-cluster-size"
+            )
     gate = TaskGate.load(specialist.adapter_path)
     val_out = generate_all(runtime, validation, config.batch_size, "eval validation", progress, gate)
     test_out = generate_all(runtime, test, config.batch_size, "eval test", progress, gate)

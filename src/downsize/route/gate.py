@@ -66,6 +66,8 @@ class TaskGate:
         return cls(vectorizer, classifier, signals)
 
     def decide_texts(self, texts: list[str]) -> list[GateDecision]:
+        if not texts:
+            return []
         probs = self.classifier.predict_proba(_features(self.vectorizer, self.signals, texts))
         out = []
         for row in probs:
