@@ -6,7 +6,7 @@ The issue-4 loop end to end, each stage the command a user would type, in a fres
     downsize curate --pii --source tau-airline            # scrubbed, deduplicated training view
     downsize discover --source tau-airline --split dev    # tasks from the training traffic only
     downsize tasks --json
-    downsize train --curated --task K1 [--task K2 ...] --max-minutes M
+    downsize train --curated --task tool:get_reservation_details --task tool:get_user_details --max-minutes M
 
 then, in-process, the demo's `prove_specialist`: evaluate on the tasks' validation and test calls (the
 assigner scopes both), apply the promotion gate, and replay **every** test-split call through the gateway,
@@ -80,7 +80,8 @@ def main() -> int:
         print(
             f"  task {t['task_key']}: {t['label']} ({t['volume']} calls, suitability {t['suitability']:.2f})"
         )
-    task_flags = [flag for t in chosen for flag in ("--task", t["task_key"])]
+    keys = [f"tool:{name}" for name in sorted(wanted)] if wanted else [t["task_key"] for t in chosen]
+    task_flags = [flag for key in keys for flag in ("--task", key)]
     cli(
         "train",
         "--curated",

@@ -414,6 +414,13 @@ def test_discovered_tasks_scope_training_data_and_the_router(run: dict[str, obje
     assert all(assigned[ex.id][0] == chosen for ex in scoped if ex.id is not None)
     with pytest.raises(ConfigError, match="downsize tasks"):
         resolve_tasks(store, TrainConfig(tasks=["no-such-task"]))
+    # tool:NAME stands for every tool-call task whose dominant tool is NAME
+    tool = tasks[0]["dominant_tool"]
+    of_tool = [t["task_key"] for t in tasks if t["dominant_tool"] == tool]
+    expanded = resolve_tasks(store, TrainConfig(tasks=[f"tool:{tool}", chosen]))
+    assert expanded.tasks == of_tool and chosen in of_tool
+    with pytest.raises(ConfigError, match="tool:no_such_tool"):
+        resolve_tasks(store, TrainConfig(tasks=["tool:no_such_tool"]))
 
     # the router serves only what the assigner maps to the specialist's tasks
     router = Router(

@@ -97,7 +97,8 @@ def import_tau(path: Path | None, db: str | None) -> None:
     "--task",
     "tasks",
     multiple=True,
-    help="A discovered task key (see `downsize tasks`) to train on; repeat for several. Default: every tool call.",
+    help="A discovered task key (see `downsize tasks`) to train on, or tool:NAME for every tool-call task whose "
+    "dominant tool is NAME; repeat for several. Default: every tool call.",
 )
 @click.option(
     "--discovery-run", type=int, help="The discovery run the --task keys come from (default: newest)."

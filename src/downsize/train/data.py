@@ -48,7 +48,11 @@ def training_exchanges(
 
 
 def resolve_tasks(store: Store, config: TrainConfig) -> TrainConfig:
-    """Pin `discovery_run` to the run the task keys come from, checking every key exists in it."""
+    """Pin `discovery_run` to the run the task keys come from, checking every key exists in it.
+
+    A key `tool:NAME` stands for every tool-call task of the run whose dominant tool is NAME (discovered tasks
+    are fine-grained: one tool's calls usually fall in dozens of them); the config returned lists the keys.
+    """
     if not config.tasks:
         return config
     from dataclasses import replace
@@ -57,14 +61,29 @@ def resolve_tasks(store: Store, config: TrainConfig) -> TrainConfig:
     from downsize.errors import ConfigError
 
     run_id = runs.require_run(store, config.discovery_run)
-    known = {t["task_key"]: t for t in runs.run_tasks(store, run_id)}
-    unknown = [k for k in config.tasks if k not in known]
+    rows = runs.run_tasks(store, run_id)
+    known = {t["task_key"]: t for t in rows}
+    keys: list[str] = []
+    unknown = []
+    for key in config.tasks:
+        if key.startswith("tool:"):
+            tool = key.removeprefix("tool:")
+            found = [
+                t["task_key"] for t in rows if t["output_kind"] == "tool_call" and t["dominant_tool"] == tool
+            ]
+            if not found:
+                unknown.append(key)
+            keys += [k for k in found if k not in keys]
+        elif key not in known:
+            unknown.append(key)
+        elif key not in keys:
+            keys.append(key)
     if unknown:
         raise ConfigError(
             f"no task {', '.join(map(repr, unknown))} in discovery run {run_id}: "
-            "`downsize tasks` lists the task keys"
+            "`downsize tasks` lists the task keys and their dominant tools"
         )
-    return replace(config, discovery_run=run_id)
+    return replace(config, tasks=keys, discovery_run=run_id)
 
 
 def task_members(store: Store, config: TrainConfig) -> set[int]:
