@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,35 +25,39 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["DOWNSIZE_HOME"] = tempfile.mkdtemp(prefix="downsize-bench-")
 
-    from downsize.backends.transformers_runtime import runtime_for
     from downsize.config import TrainConfig, default_tau_airline
     from downsize.importers.tau_airline import import_tau_airline
+    from downsize.prompting import PromptBudget
     from downsize.store import Store
     from downsize.train.lora import train_specialist
 
     store = Store.open()
     import_tau_airline(store, default_tau_airline())
     result = train_specialist(store, TrainConfig(max_minutes=args.train_minutes))
-    runtime = runtime_for(store.specialist(result.specialist_id))
     test = list(store.exchanges(source="tau-airline", split="test", response_kind="tool_call"))[
         : args.serve_calls
     ]
-    times, tokens = [], []
-    for ex in test:
-        started = time.perf_counter()
-        gen = runtime.generate(ex.request["messages"], ex.request["tools"])
-        times.append((time.perf_counter() - started) * 1000)
-        tokens.append(gen.tokens)
+    from bench_serving import measure_serving  # the one timing loop, shared with make bench-serving
+
+    specialist = store.specialist(result.specialist_id)
+    served = measure_serving(
+        specialist.base_model,
+        specialist.adapter_path,
+        [(ex.request["messages"], ex.request["tools"]) for ex in test],
+        PromptBudget(specialist.config["max_prompt_tokens"], specialist.config["max_message_tokens"]),
+        threads=os.cpu_count() or 2,
+        engines=("transformers",),
+    )["transformers"]
     figures = {
         "machine_cores": os.cpu_count(),
         "train_minutes": round(result.seconds / 60, 2),
         "train_tokens": result.tokens,
         "train_tokens_per_s": round(result.tokens_per_s, 1),
         "train_steps": result.steps,
-        "serve_calls": len(times),
-        "serve_ms_p50": round(statistics.median(times), 1),
-        "serve_ms_p90": round(sorted(times)[int(0.9 * (len(times) - 1))], 1),
-        "serve_tokens_p50": statistics.median(tokens),
+        "serve_calls": len(test),
+        "serve_ms_p50": served["ms_p50"],
+        "serve_ms_p90": served["ms_p90"],
+        "serve_tokens_p50": served["tokens_p50"],
         "serve_path": "transformers (merged LoRA), batch 1, grammar-constrained, no early stop",
     }
     out = ROOT / "bench-results" / "train_serve.json"
