@@ -63,7 +63,7 @@ def tau_run(minutes: float, student: str, engine: str, epochs: float) -> dict[st
     tool_calls = summary["tool_calls"]
     return {
         "student": student,
-        "engine": engine,
+        "engine": summary["engine"],
         "mode": "live" if live else "shadow",
         "status": summary["status"],
         "promotion": summary["promotion"],
@@ -82,6 +82,8 @@ def tau_run(minutes: float, student: str, engine: str, epochs: float) -> dict[st
         "latency_ms_p50": summary["latency_ms_p50"],
         "eval_test_tool_calls": summary["eval_test_tool_calls"],
         "test_curve": summary.get("test_curve"),
+        "by_target": summary.get("by_target"),
+        "copied_arguments": summary.get("copied_arguments"),
         "wall_minutes": round((time.perf_counter() - started) / 60, 2),
     }
 
@@ -98,7 +100,7 @@ def main() -> int:
     parser.add_argument("--train-minutes", type=float, default=30.0, help="CPU training budget (<= 60)")
     parser.add_argument("--epochs", type=float, default=4.0, help="upper bound; the minutes may stop earlier")
     parser.add_argument("--student", default="smollm2-135m")
-    parser.add_argument("--engine", default="transformers", choices=["transformers", "llamacpp"])
+    parser.add_argument("--engine", default="auto", choices=["auto", "transformers", "llamacpp"])
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["DOWNSIZE_HOME"] = tempfile.mkdtemp(prefix="downsize-bench-specialists-")
@@ -140,6 +142,16 @@ def main() -> int:
         f"(target >= 0.95); status {run['status']}: {run['promotion']}"
     )
     print(f"fallbacks {run['fallbacks']}")
+    print("by target agreement (threshold calibrated on validation; offline, every test call):")
+    for row in run["by_target"] or []:
+        if row["threshold"] is None:
+            print(f"  {row['target']:.2f}: no threshold reaches it on validation, serves nothing")
+        else:
+            print(
+                f"  {row['target']:.2f}: serves {row['test_served']}/{row['test_tool_calls']} "
+                f"({row['test_served_share']:.1%}), agreement {row['test_agreement']:.3f} "
+                f"(lower95 {row['test_agreement_lower95']:.3f})"
+            )
     print(
         f"training {run['train_tokens_per_s']} tokens/s (target >= 200); serving p50 "
         f"{serve_p50} ms (target <= 1000)"

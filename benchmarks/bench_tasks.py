@@ -60,7 +60,7 @@ def main() -> int:
         help="Train on every tool-call task whose dominant tool is one of these (comma-separated).",
     )
     parser.add_argument("--tasks", type=int, default=2, help="Without --tools: the N most suitable tasks.")
-    parser.add_argument("--engine", choices=["transformers", "llamacpp"], default="transformers")
+    parser.add_argument("--engine", choices=["auto", "transformers", "llamacpp"], default="auto")
     parser.add_argument("--home", type=Path, help="DOWNSIZE_HOME to use (default: a fresh temporary one).")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -40,6 +40,12 @@ def test_eval_calibrates_reports_and_draws_the_curves(
     again = store.specialist(sp.id)
     assert again.threshold == report["threshold"] and "eval" in again.metrics
     assert report["threshold"] is None or math.isfinite(report["threshold"])
+    # every test call, text replies included, as the router meets them; a row per target agreement
+    assert report["test"]["calls"] == 12 and report["test"]["at_threshold"]["tool_calls"] == 6
+    assert [r["target"] for r in report["by_target"]] == [0.8, 0.85, 0.9, 0.95]
+    assert all(r["test"]["calls"] == 12 for r in report["by_target"])
+    assert report["engine"] in ("transformers", "llamacpp")
+    assert again.metrics["eval"]["engine"] == report["engine"]
     saved = json.loads(Path(report["path"]).read_text())
     assert saved["test_tool_calls"]["calls"] == 6
     page = Path(report["curve_path"]).read_text()

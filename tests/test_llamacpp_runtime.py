@@ -126,12 +126,48 @@ def test_the_engine_is_chosen_on_the_command_line_and_checked() -> None:
     from downsize.errors import ConfigError
     from downsize.types import Specialist
 
-    for command in ("serve", "specialist-worker"):
+    for command in ("serve", "specialist-worker", "eval", "demo"):
         result = CliRunner().invoke(main, [command, "--help"])
-        assert result.exit_code == 0 and "--engine [transformers|llamacpp]" in result.output
+        assert result.exit_code == 0 and "--engine [auto|transformers|llamacpp]" in result.output
     specialist = Specialist("s", "t", "smollm2-135m", "x", config={}, data_hash="")
     with pytest.raises(ConfigError, match="unknown engine"):
         runtime_for(specialist, engine="vllm")
+
+
+def test_auto_engine_is_the_calibrated_one_else_llama_cpp_where_it_can_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from downsize.backends.transformers_runtime import resolve_engine
+    from downsize.types import Specialist
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "config.json").write_text("{}")
+
+    def specialist(base: str, folder: Path, engine: str | None = None) -> Specialist:
+        metrics = {"eval": {"engine": engine}} if engine else {}
+        return Specialist("s", "t", base, str(folder), config={}, data_hash="", metrics=metrics)
+
+    installed = importlib.util.find_spec("llama_cpp") is not None
+    assert resolve_engine("auto", specialist("smollm2-135m", adapter)) == (
+        "llamacpp" if installed else "transformers"
+    )
+    assert resolve_engine("auto", specialist("smollm2-135m", adapter, "transformers")) == "transformers"
+    assert resolve_engine("auto", specialist("smollm2-135m", full)) == "transformers"  # a full fine-tune
+    assert (
+        resolve_engine("auto", specialist("HuggingFaceTB/SmolLM2-360M-Instruct", adapter)) == "transformers"
+    )
+    assert resolve_engine("transformers", specialist("smollm2-135m", adapter, "llamacpp")) == "transformers"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a)
+    )
+    assert resolve_engine("auto", specialist("smollm2-135m", adapter)) == "transformers"
 
 
 # -- the real model on both engines --------------------------------------------------------------------

@@ -81,3 +81,24 @@ def test_a_chosen_tool_fixes_the_name_and_only_arguments_are_generated(runtime) 
     assert free.tokens >= 1 and name_tokens >= 1
     with pytest.raises(ValueError, match="not offered"):
         runtime.generate(CONVERSATIONS[0], TOOLS, tool="no_such_tool")
+
+
+def test_copied_arguments_can_only_be_ids_from_the_conversation(runtime) -> None:
+    conversation = [
+        {"role": "user", "content": "My reservations are ZFA04Y and 8JX2WO; please check the first one."}
+    ]
+    from downsize.backends.transformers_runtime import build_prompt
+
+    copied = {"get_reservation_details": {"reservation_id": ["ID_UPPER_ALNUM", "UPPER6"]}}
+    runtime.copied, runtime.copied_in_prompt = copied, True
+    try:
+        gen = runtime.generate(conversation, TOOLS, tool="get_reservation_details")
+        prompt = runtime.prompt(conversation)
+    finally:
+        runtime.copied, runtime.copied_in_prompt = {}, False
+    assert gen.call is not None and gen.call.arguments["reservation_id"] in ("ZFA04Y", "8JX2WO")
+    assert validate_call(gen.call, TOOLS) is None
+    # the prompt lists the options, exactly as training builds it
+    assert "options reservation_id: ZFA04Y 8JX2WO" in prompt
+    assert prompt == build_prompt(runtime.tokenizer, conversation, runtime.budget, copied)
+    assert "options" not in runtime.prompt(conversation)

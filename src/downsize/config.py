@@ -80,6 +80,9 @@ class TrainConfig:
         False  # train on the newest `downsize curate` run (masked, deduplicated) instead of raw logs
     )
     gate: bool = True  # fit the task gate (text or which tool) on every training call, text replies included
+    # learn the parameters the teacher copies from the conversation (ids): the grammar then allows only the
+    # conversation's tokens for them, and the prompt lists those options (`copying.py`)
+    copy_arguments: bool = True
     # discovered tasks (keys from `downsize tasks`) to train on; empty: every tool call of the source.
     # The router then serves only requests its task assigner maps to one of them.
     tasks: list[str] = field(default_factory=list)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from downsize.backends.grammar import ToolCallGrammar, tool_schemas
+from downsize.copying import Copied, restrict_schemas
 from downsize.prompting import parse_target
 from downsize.route.router import Generation
 from downsize.shapes import tool_names
@@ -157,8 +158,11 @@ class ToolCallRuntime:
     completion; the grammar, the chosen-tool prefix and the `Generation` they return are the same.
     """
 
+    engine: str = ""  # the engine's name, as `runtime_for` takes it
     max_new_tokens: int = 64
     max_string: int = 160
+    copied: Copied = {}  # noqa: RUF012 - replaced per instance (`runtime_for`), never mutated
+    copied_in_prompt: bool = False  # the prompt lists the copied parameters' options (trained so)
 
     def prompt(self, messages: list[dict[str, Any]]) -> str:
         raise NotImplementedError
@@ -187,13 +191,15 @@ class ToolCallRuntime:
 
         The arguments follow the named tool's JSON schema. `tools_chosen[i]`, when given, fixes the tool of
         request i (chosen by the task gate): its name is written into the prompt and only the arguments
-        are generated and scored.
+        are generated and scored. Parameters the teacher always copies from the conversation (`self.copied`,
+        learned at training) may only take identifier tokens the conversation contains.
         """
         chosen_tools = tools_chosen or [None] * len(requests)
         prompts, grammars, prefixes = [], [], []
         for (messages, tools), tool in zip(requests, chosen_tools, strict=True):
             names = tool_names({"tools": tools})
-            grammar = ToolCallGrammar([tool] if tool else names, self.max_string, tool_schemas(tools))
+            schemas = restrict_schemas(tool_schemas(tools), self.copied, messages)
+            grammar = ToolCallGrammar([tool] if tool else names, self.max_string, schemas)
             prefix = ""
             if tool:
                 prefix = tool  # no trailing space: the model writes " {" as it learned to

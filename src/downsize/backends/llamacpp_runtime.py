@@ -173,6 +173,8 @@ class _LlamaScorer:
 class LlamaCppRuntime(ToolCallRuntime):
     """A student's shipped GGUF, with a LoRA adapter converted to GGUF, generating tool calls on llama.cpp."""
 
+    engine = "llamacpp"
+
     def __init__(
         self,
         student: str,
@@ -217,7 +219,9 @@ class LlamaCppRuntime(ToolCallRuntime):
         self.token_texts = TokenTexts([self.tokenizer._token_text(i) for i in range(self.n_vocab)])
 
     def prompt(self, messages: list[dict[str, Any]]) -> str:
-        return build_prompt(self.tokenizer, messages, self.budget)
+        return build_prompt(
+            self.tokenizer, messages, self.budget, self.copied if self.copied_in_prompt else None
+        )
 
     def complete(
         self, prompts: list[str], grammars: list[Any], stop_below: float | None = None

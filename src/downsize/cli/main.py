@@ -134,15 +134,24 @@ def train(config_file: Path | None, db: str | None, **flags: Any) -> None:
 )
 @click.option("--limit", type=int, help="Evaluate at most this many calls per split (quick look).")
 @click.option("--batch-size", type=int)
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "transformers", "llamacpp"]),
+    default="auto",
+    show_default=True,
+    help="Engine to calibrate on (serve on the same one); auto: llamacpp where installed.",
+)
 @db_option
-def eval_cmd(specialist: str | None, config_file: Path | None, db: str | None, **flags: Any) -> None:
+def eval_cmd(
+    specialist: str | None, config_file: Path | None, db: str | None, engine: str, **flags: Any
+) -> None:
     """Evaluate a specialist (default: the newest) against gpt-4o's logged calls; calibrate its threshold."""
     from downsize.evaluate.tool_calls import evaluate_specialist
 
     config = resolve(EvalConfig, load_yaml(config_file) if config_file else None, **flags)
     store = _store(db)
     sp = store.specialist(specialist)
-    report = evaluate_specialist(store, sp, config)
+    report = evaluate_specialist(store, sp, config, engine=engine)
     t = report["test_tool_calls"]
     thr = report["threshold"]
     click.echo(f"specialist {sp.name} (id {sp.id}) on {t['calls']} held-out test tool calls:")
@@ -156,17 +165,33 @@ def eval_cmd(specialist: str | None, config_file: Path | None, db: str | None, *
             f"  no threshold reaches {config.target_agreement:.0%} agreement on validation: the specialist would serve nothing"
         )
     else:
-        v, a = report["validation"]["at_threshold"], t["at_threshold"]
+        v = report["validation"]["at_threshold"]
         click.echo(
             f"  threshold            {thr:.4f} (min token log-prob; calibrated on {report['validation']['calls']} validation calls)"
         )
         click.echo(
             f"  validation at thr    served {v['served']} ({v['served_share']:.1%} of tool calls), agreement {v['agreement']:.3f}"
         )
+        a = report["test"]["at_threshold"]
         click.echo(
             f"  test at thr          served {a['served']} ({a['served_share']:.1%} of tool calls), agreement {a['agreement']:.3f} (lower95 {a['agreement_lower95']:.3f})"
         )
-    click.echo(f"report: {report['path']}")
+    click.echo(
+        f"  by target agreement (threshold from validation; test over all {report['test']['calls']} calls, "
+        "text replies included):"
+    )
+    for row in report["by_target"]:
+        tv = row["test"]
+        served = (
+            "serves nothing"
+            if row["threshold"] is None
+            else (
+                f"serves {tv['served']} ({tv['served_share']:.1%}), agreement {tv['agreement']:.3f} "
+                f"(lower95 {tv['agreement_lower95']:.3f})"
+            )
+        )
+        click.echo(f"    {row['target']:.2f}  {served}")
+    click.echo(f"report: {report['path']} (engine {report['engine']})")
     click.echo(f"agreement-vs-coverage curves: {report['curve_path']}")
 
 
@@ -249,10 +274,11 @@ def specialists(as_json: bool, db: str | None) -> None:
 @click.option("--threshold", type=float, help="Override the specialist's calibrated threshold.")
 @click.option(
     "--engine",
-    type=click.Choice(["transformers", "llamacpp"]),
-    default="transformers",
+    type=click.Choice(["auto", "transformers", "llamacpp"]),
+    default="auto",
     show_default=True,
-    help="Specialist runtime: transformers (reference) or llamacpp (GGUF + LoRA, fast on CPU; the serve extra).",
+    help="Specialist runtime: transformers (reference) or llamacpp (GGUF + LoRA, fast on CPU; the serve extra); "
+    "auto: the engine its threshold was calibrated on, else llamacpp where installed.",
 )
 @click.option(
     "--upstream-timeout", type=float, help="Seconds to wait for an upstream, per attempt (default 120)."
@@ -349,15 +375,26 @@ def serve(
         """torch stays out of the gateway: the specialist runs in a child process on a loopback port."""
         nonlocal worker
         from downsize.backends.specialist_worker import RemoteRuntime, start_worker
+        from downsize.backends.transformers_runtime import resolve_engine
         from downsize.demo.servers import free_port
 
-        if engine == "llamacpp":
+        used = resolve_engine(engine, sp)
+        if used == "llamacpp":
             from downsize.backends.llamacpp_runtime import check_llama_cpp
 
             check_llama_cpp()  # fail here, in one line, rather than in the worker
+        calibrated = (sp.metrics.get("eval") or {}).get("engine")
+        if calibrated and calibrated != used:
+            click.echo(
+                f"warning: {sp.name}'s threshold was calibrated on {calibrated}, serving on {used}: run "
+                f"`downsize eval {sp.id} --engine {used}` to calibrate it for this engine",
+                err=True,
+            )
         port = free_port()
-        click.echo(f"starting the specialist worker for {sp.name} (id {sp.id}) on port {port} ...", err=True)
-        worker = start_worker(str(sp.id), db, port, engine=engine)
+        click.echo(
+            f"starting the specialist worker for {sp.name} (id {sp.id}, {used}) on port {port} ...", err=True
+        )
+        worker = start_worker(str(sp.id), db, port, engine=used)
         return RemoteRuntime(f"http://127.0.0.1:{port}", timeout_s=config.specialist_timeout_s or 30.0)
 
     router = None if no_route else load_router(store, specialist, threshold, start_specialist_worker)
@@ -388,8 +425,8 @@ def serve(
 @click.option("--port", type=int, default=8788, show_default=True)
 @click.option(
     "--engine",
-    type=click.Choice(["transformers", "llamacpp"]),
-    default="transformers",
+    type=click.Choice(["auto", "transformers", "llamacpp"]),
+    default="auto",
     show_default=True,
     help="transformers (reference path) or llamacpp (the shipped GGUF + the adapter as a GGUF LoRA).",
 )
@@ -414,11 +451,18 @@ def specialist_worker(specialist: str, host: str, port: int, engine: str, db: st
 @click.option(
     "--data", type=click.Path(path_type=Path), help="tau-airline folder (default ../shared/data/tau-airline)."
 )
-def demo(max_minutes: float, data: Path | None) -> None:
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "transformers", "llamacpp"]),
+    default="auto",
+    show_default=True,
+    help="Engine to calibrate and serve on; auto: llamacpp where installed.",
+)
+def demo(max_minutes: float, data: Path | None, engine: str) -> None:
     """The embedded default end to end: import, train, eval, then replay the test split through the gateway."""
     from downsize.demo.run import run_demo
 
-    summary = run_demo(data or default_tau_airline(), train_minutes=max_minutes)
+    summary = run_demo(data or default_tau_airline(), train_minutes=max_minutes, engine=engine)
     click.echo(json.dumps(summary, indent=2))
 
 

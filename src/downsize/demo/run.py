@@ -82,13 +82,13 @@ def run_demo(
     train_minutes: float = 8.0,
     store: Store | None = None,
     student: str = "smollm2-135m",
-    engine: str = "transformers",
+    engine: str = "auto",
     epochs: float = 1.0,
 ) -> dict[str, Any]:
     """The whole loop on the embedded default; writes $DOWNSIZE_HOME/reports/demo-summary.json.
 
     `engine` serves (and evaluates, so the threshold is calibrated on the same numbers) through transformers
-    or llama.cpp.
+    or llama.cpp; `auto` takes llama.cpp where it is installed.
     """
     from downsize.train.lora import train_specialist
 
@@ -126,7 +126,7 @@ def run_demo(
     return summary
 
 
-def prove_specialist(store: Store, specialist_id: int, engine: str = "transformers") -> dict[str, Any]:
+def prove_specialist(store: Store, specialist_id: int, engine: str = "auto") -> dict[str, Any]:
     """Evaluate a trained specialist, apply the promotion gate, and replay the test split through the gateway.
 
     The router is built by `load_router`, the same code `downsize serve` uses, so a specialist trained on
@@ -139,6 +139,7 @@ def prove_specialist(store: Store, specialist_id: int, engine: str = "transforme
 
     specialist = store.specialist(specialist_id)
     runtime = runtime_for(specialist, engine=engine)
+    engine = runtime.engine
     _say("evaluating on validation (calibration) and test tool calls")
     report = evaluate_specialist(store, specialist, EvalConfig(), runtime=runtime)
     threshold = report["threshold"]
@@ -239,6 +240,16 @@ def prove_specialist(store: Store, specialist_id: int, engine: str = "transforme
         "eval_test_tool_calls": {k: v for k, v in report["test_tool_calls"].items() if k != "curve"},
         "validation_at_threshold": report["validation"]["at_threshold"],
         "test_curve": report["test_tool_calls"]["curve"],
+        "eval_test_at_threshold": report["test"]["at_threshold"],  # every test call, offline
+        "by_target": [
+            {
+                "target": r["target"],
+                "threshold": r["threshold"],
+                **{f"test_{k}": v for k, v in r["test"].items()},
+            }
+            for r in report["by_target"]
+        ],
+        "copied_arguments": runtime.copied,
         "engine": engine,
         "run_id": run_id,
     }

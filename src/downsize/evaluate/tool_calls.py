@@ -18,10 +18,19 @@ from typing import Any
 
 from tqdm import tqdm
 
-from downsize.backends.transformers_runtime import runtime_for
+from downsize.backends.transformers_runtime import resolve_engine, runtime_for
 from downsize.config import EvalConfig, TrainConfig, home, resolve
 from downsize.errors import ConfigError
-from downsize.evaluate.metrics import Scored, at_threshold, calibrate, curve, exact_match, wilson_lower
+from downsize.evaluate.metrics import (
+    TARGETS,
+    Scored,
+    at_threshold,
+    by_target,
+    calibrate,
+    curve,
+    exact_match,
+    wilson_lower,
+)
 from downsize.prompting import TEXT_REPLY
 from downsize.route.gate import GateDecision, TaskGate
 from downsize.route.router import Generation
@@ -99,12 +108,23 @@ def generate_all(
 
 
 def evaluate_specialist(
-    store: Store, specialist: Specialist, config: EvalConfig, runtime: Any = None, progress: bool = True
+    store: Store,
+    specialist: Specialist,
+    config: EvalConfig,
+    runtime: Any = None,
+    progress: bool = True,
+    engine: str = "auto",
 ) -> dict[str, Any]:
-    """Run the specialist on validation and test calls; calibrate, report, and store the threshold and metrics."""
+    """Run the specialist on validation and test calls; calibrate, report, and store the threshold and metrics.
+
+    Both splits are scored over every call, text replies included, as the router meets them; the test
+    tool calls also get the teacher-relative figures (tool-name accuracy, exact agreement). `engine` (or
+    the given `runtime`) is recorded: the threshold holds for the engine it was calibrated on.
+    """
     started = time.perf_counter()
     train_cfg = resolve(TrainConfig, {k: v for k, v in specialist.config.items() if k != "task_tools"})
-    runtime = runtime or runtime_for(specialist, config.max_new_tokens)
+    engine = getattr(runtime, "engine", None) or resolve_engine(engine, specialist)
+    runtime = runtime or runtime_for(specialist, config.max_new_tokens, engine=engine)
     validation = [
         ex
         for ex in store.exchanges(split="dev")
@@ -112,11 +132,14 @@ def evaluate_specialist(
         and dev_role(ex, train_cfg.validation_fraction) == "validation"
     ][: config.limit]
     test = list(store.exchanges(split="test", response_kind="tool_call"))[: config.limit]
+    test_text = list(store.exchanges(split="test", response_kind="text"))[: config.limit]
+    test_all = sorted(test + test_text, key=lambda ex: ex.id or 0)
     covered = task_scope(store, specialist)
     if covered is not None:  # a specialist of discovered tasks is judged on the calls the router sends it
         offered = len(validation)
         validation = [ex for ex in validation if covered(ex)]
-        test = [ex for ex in test if covered(ex)]
+        test_all = [ex for ex in test_all if covered(ex)]
+        test = [ex for ex in test_all if ex.response_kind == "tool_call"]
         if not validation:
             raise ConfigError(
                 f"the task assigner sends none of the {offered} validation calls to this specialist's tasks "
@@ -127,11 +150,13 @@ def evaluate_specialist(
             )
     gate = TaskGate.load(specialist.adapter_path)
     val_out = generate_all(runtime, validation, config.batch_size, "eval validation", progress, gate)
-    test_out = generate_all(runtime, test, config.batch_size, "eval test", progress, gate)
+    all_out = generate_all(runtime, test_all, config.batch_size, "eval test", progress, gate)
     val_scored = [score(ex, g, lp) for ex, (g, lp) in zip(validation, val_out, strict=True)]
-    test_scored = [score(ex, g, lp) for ex, (g, lp) in zip(test, test_out, strict=True)]
-    test_gens = [g for g, _ in test_out]
+    all_scored = [score(ex, g, lp) for ex, (g, lp) in zip(test_all, all_out, strict=True)]
+    test_scored = [s for s in all_scored if s.teacher_called]
+    test_gens = [g for ex, (g, _) in zip(test_all, all_out, strict=True) if ex.response_kind == "tool_call"]
     threshold = calibrate(val_scored, config.target_agreement)
+    targets = by_target(val_scored, all_scored, sorted({*TARGETS, config.target_agreement}))
 
     names_right = sum(
         1
@@ -144,6 +169,7 @@ def evaluate_specialist(
         "specialist": {"id": specialist.id, "name": specialist.name, "student": specialist.base_model},
         "config": asdict(config),
         "evaluated_at": now_iso(),
+        "engine": engine,
         "target_agreement": config.target_agreement,
         "threshold": threshold,
         "validation": {
@@ -160,6 +186,9 @@ def evaluate_specialist(
             "at_threshold": at_threshold(test_scored, threshold),
             "curve": [asdict(p) for p in curve(test_scored)],
         },
+        # every test call, text replies included: what the router would serve, as in the replay
+        "test": {"calls": len(test_all), "at_threshold": at_threshold(all_scored, threshold)},
+        "by_target": targets,
         "seconds": time.perf_counter() - started,
         "examples": [
             {

@@ -9,6 +9,7 @@ from typing import Any
 
 from downsize.backends.transformers_runtime import build_prompt, end_of_turn
 from downsize.config import TrainConfig
+from downsize.copying import Copied
 from downsize.prompting import PromptBudget, render_target
 from downsize.shapes import response_message, tool_calls
 from downsize.splits import dev_role
@@ -96,9 +97,13 @@ def task_members(store: Store, config: TrainConfig) -> set[int]:
 
 
 def build_examples(
-    exchanges: list[Exchange], tokenizer: Any, config: TrainConfig
+    exchanges: list[Exchange], tokenizer: Any, config: TrainConfig, copied: Copied | None = None
 ) -> tuple[list[Example], int]:
-    """Tokenised examples (loss on the target only) and how many were skipped for a too-long target."""
+    """Tokenised examples (loss on the target only) and how many were skipped for a too-long target.
+
+    `copied` (the parameters copied from the conversation) adds their options line to each prompt, as the
+    runtime will at serving.
+    """
     budget = PromptBudget(config.max_prompt_tokens, config.max_message_tokens)
     eot = end_of_turn(tokenizer)
     examples, skipped = [], 0
@@ -106,7 +111,7 @@ def build_examples(
         calls = tool_calls(response_message(ex.response))
         if not calls:
             continue
-        prompt = build_prompt(tokenizer, ex.request.get("messages") or [], budget)
+        prompt = build_prompt(tokenizer, ex.request.get("messages") or [], budget, copied)
         target_ids = list(tokenizer.encode(render_target(calls[0]) + eot, add_special_tokens=False))
         if len(target_ids) > config.max_target_tokens:
             skipped += 1

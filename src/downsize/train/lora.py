@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from downsize.config import TrainConfig, home
+from downsize.copying import learn_copied, save_copied
 from downsize.errors import TrainingError
+from downsize.shapes import response_message, tool_calls
 from downsize.store import Store
 from downsize.train.data import build_examples, data_hash, resolve_tasks, training_exchanges
 from downsize.train.loop import check_method_available, fit_adapter, load_training_student, save_specialist
@@ -49,8 +51,17 @@ def train_specialist(
             "no training data: the store holds no dev-split tool-call exchanges. "
             "Run `downsize import tau-airline` or send traffic through `downsize serve` first"
         )
+    copied = (
+        learn_copied(
+            (ex.request.get("messages") or [], call)
+            for ex in exchanges
+            for call in tool_calls(response_message(ex.response))
+        )
+        if config.copy_arguments
+        else {}
+    )
     model, tokenizer = load_training_student(config)
-    examples, skipped = build_examples(exchanges, tokenizer, config)
+    examples, skipped = build_examples(exchanges, tokenizer, config, copied)
     if not examples:
         raise TrainingError(
             f"all {skipped} examples had targets over max_target_tokens={config.max_target_tokens}"
@@ -81,6 +92,8 @@ def train_specialist(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     gate_stats = fit_gate(store, config, out_dir) if config.gate else None
+    save_copied(out_dir, copied)
+    train_stats["copied_arguments"] = copied
     save_specialist(
         model, tokenizer, out_dir, config, stats, hashed, extra={"stats": train_stats, "gate": gate_stats}
     )

@@ -1,0 +1,159 @@
+"""Copied arguments: parameters whose value the teacher always copies from the conversation.
+
+On tau-airline every `reservation_id` and `user_id` gpt-4o ever passed appears verbatim earlier in the
+conversation (377 of 377 and 120 of 120 calls), yet a 135M student writes ids that were never there
+(`FQ8QW` for `FQ8APE`). Such parameters are learned from the training calls (`learn_copied`): a string
+parameter qualifies when the teacher's value is an identifier-like token (`token_shape`) found in the
+conversation in at least `min_rate` of at least `min_calls` calls. At generation the grammar then allows
+only the identifier tokens of that shape which the request's conversation contains (`restrict_schemas`),
+so the student chooses among real ids instead of spelling one, and its confidence is a choice among them.
+The prompt also lists those candidates, marking the ones already used (`options_line`): the pruned prompt
+has lost the lookup result that listed them.
+
+Standard library only; the result is saved beside the adapter as `copied.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from downsize.prompting import token_shape
+from downsize.types import ToolCall
+
+COPIED_FILE = "copied.json"
+_WORD = re.compile(r"[A-Za-z0-9_]+")
+
+# {tool: {parameter: sorted shapes of the values the teacher copied}}
+Copied = dict[str, dict[str, list[str]]]
+
+
+def conversation_tokens(messages: Iterable[dict[str, Any]]) -> list[str]:
+    """Word tokens of every non-system message (content and earlier tool-call arguments), in order."""
+    tokens: list[str] = []
+    for message in messages:
+        if message.get("role") in ("system", "developer"):
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        if isinstance(content, str):
+            tokens += _WORD.findall(content)
+        for call in message.get("tool_calls") or []:
+            arguments = (call.get("function") or {}).get("arguments")
+            if isinstance(arguments, str):
+                tokens += _WORD.findall(arguments)
+    return tokens
+
+
+def learn_copied(
+    calls: Iterable[tuple[list[dict[str, Any]], ToolCall]], min_calls: int = 8, min_rate: float = 0.98
+) -> Copied:
+    """The parameters the teacher copies: from (conversation before the call, the teacher's call) pairs."""
+    seen: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    shapes: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for messages, call in calls:
+        tokens: set[str] | None = None
+        for param, value in call.arguments.items():
+            if not isinstance(value, str):
+                continue
+            shape = token_shape(value)
+            if shape is None or _WORD.fullmatch(value) is None:
+                seen[(call.name, param)].append(False)
+                continue
+            if tokens is None:
+                tokens = set(conversation_tokens(messages))
+            seen[(call.name, param)].append(value in tokens)
+            shapes[(call.name, param)].add(shape)
+    copied: Copied = {}
+    for (tool, param), hits in sorted(seen.items()):
+        if len(hits) >= min_calls and sum(hits) / len(hits) >= min_rate:
+            copied.setdefault(tool, {})[param] = sorted(shapes[(tool, param)])
+    return copied
+
+
+def restrict_schemas(
+    schemas: Mapping[str, dict[str, Any]], copied: Copied, messages: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The tools' schemas with each copied parameter narrowed to the matching tokens of this conversation.
+
+    A parameter keeps its schema when the conversation holds no token of its shapes (nothing to copy), or
+    when the schema is not a plain string property.
+    """
+    if not copied:
+        return dict(schemas)
+    tokens: list[str] | None = None
+    out: dict[str, dict[str, Any]] = {}
+    for tool, schema in schemas.items():
+        params = copied.get(tool)
+        props = schema.get("properties") if isinstance(schema, dict) else None
+        if not params or not isinstance(props, dict):
+            out[tool] = schema
+            continue
+        if tokens is None:
+            tokens = conversation_tokens(messages)
+        new_props = dict(props)
+        for param, param_shapes in params.items():
+            prop = props.get(param)
+            if not isinstance(prop, dict) or prop.get("type") != "string" or "enum" in prop:
+                continue
+            allowed = set(param_shapes)
+            candidates = sorted({t for t in tokens if token_shape(t) in allowed})
+            if candidates:
+                new_props[param] = {**prop, "enum": candidates}
+        out[tool] = {**schema, "properties": new_props}
+    return out
+
+
+def options_line(messages: list[dict[str, Any]], copied: Copied, max_options: int = 8) -> str:
+    """One prompt line naming, per copied parameter, the conversation's candidate values in order of first
+    appearance, `*` marking those an earlier call already used: `reservation_id: ZFA04Y* 8JX2WO H8Q05L`.
+
+    A pruned prompt keeps only the last few turns, so the student no longer sees the list of reservations a
+    lookup returned, nor which of them it already fetched; gpt-4o fetches the first one not yet fetched in
+    94% of such calls (docs/log.md, 2026-12-02). "" when there is nothing to list.
+    """
+    shapes: dict[str, set[str]] = defaultdict(set)
+    for params in copied.values():
+        for param, param_shapes in params.items():
+            shapes[param].update(param_shapes)
+    if not shapes:
+        return ""
+    tokens = conversation_tokens(messages)
+    used = set()
+    for message in messages:
+        for call in message.get("tool_calls") or []:
+            arguments = (call.get("function") or {}).get("arguments")
+            if isinstance(arguments, str):
+                used.update(_WORD.findall(arguments))
+    parts = []
+    for param in sorted(shapes):
+        options = list(dict.fromkeys(t for t in tokens if token_shape(t) in shapes[param]))[:max_options]
+        if options:
+            parts.append(f"{param}: " + " ".join(o + ("*" if o in used else "") for o in options))
+    return "; ".join(parts)
+
+
+def save_copied(folder: str | Path, copied: Copied, in_prompt: bool = True) -> Path:
+    """`in_prompt`: the student was trained with `options_line` in its prompt (so it must be served with it)."""
+    path = Path(folder) / COPIED_FILE
+    path.write_text(json.dumps({"parameters": copied, "in_prompt": in_prompt}, indent=2, sort_keys=True))
+    return path
+
+
+def load_copied(folder: str | Path | None) -> tuple[Copied, bool]:
+    """(copied parameters, whether the prompt lists their options) saved beside an adapter; ({}, False) for
+    specialists trained before them."""
+    path = Path(folder) / COPIED_FILE if folder else None
+    if path is None or not path.is_file():
+        return {}, False
+    data = json.loads(path.read_text())
+    copied = {
+        str(tool): {str(p): [str(s) for s in shapes] for p, shapes in params.items()}
+        for tool, params in (data.get("parameters") or {}).items()
+    }
+    return copied, bool(data.get("in_prompt"))

@@ -1,0 +1,133 @@
+"""Copied arguments: learned from the teacher's calls on real tau-airline logs, enforced by the grammar."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from downsize.backends.grammar import ToolCallGrammar, tool_schemas
+from downsize.copying import (
+    conversation_tokens,
+    learn_copied,
+    load_copied,
+    options_line,
+    restrict_schemas,
+    save_copied,
+)
+from downsize.importers.tau_airline import read_exchanges
+from downsize.shapes import response_message, tool_calls
+from downsize.types import ToolCall
+
+TOOLS = json.loads((Path(__file__).resolve().parents[2] / "shared/data/tau-airline/tools.json").read_text())
+
+
+def _teacher_calls(tau_path: Path, split: str) -> list[tuple[list[dict], ToolCall]]:
+    return [
+        (ex.request["messages"], call)
+        for ex in read_exchanges(tau_path)
+        if ex.split == split
+        for call in tool_calls(response_message(ex.response))
+    ]
+
+
+def test_the_ids_gpt4o_copies_are_learned_and_free_text_is_not(tau_path: Path) -> None:
+    copied = learn_copied(_teacher_calls(tau_path, "dev"))
+    assert "reservation_id" in copied["get_reservation_details"]
+    assert "user_id" in copied["get_user_details"]
+    assert "reservation_id" in copied["cancel_reservation"]
+    # free text, computed values and words are never restricted
+    assert "think" not in copied and "transfer_to_human_agents" not in copied and "calculate" not in copied
+    assert "cabin" not in copied.get("update_reservation_flights", {})
+    # airport codes are in the conversation only ~95% of the time (gpt-4o knows some from city names)
+    assert "origin" not in copied.get("search_direct_flight", {})
+    # on the unseen test split, the learned parameters hold as well: every value is a conversation token
+    test = _teacher_calls(tau_path, "test")
+    for messages, call in test:
+        for param in copied.get(call.name, {}):
+            if param in call.arguments:
+                assert call.arguments[param] in conversation_tokens(messages), (call, param)
+
+
+def test_too_few_or_not_always_copied_parameters_are_not_learned() -> None:
+    said = [{"role": "user", "content": "my reservation is ABC123"}]
+    always = [(said, ToolCall("get", {"reservation_id": "ABC123"}))] * 8
+    assert learn_copied(always) == {"get": {"reservation_id": ["ID_UPPER_ALNUM"]}}
+    assert learn_copied(always[:7]) == {}  # fewer than min_calls
+    invented = always + [
+        ([{"role": "user", "content": "the other one"}], ToolCall("get", {"reservation_id": "XYZ789"}))
+    ]
+    assert learn_copied(invented) == {}  # 8 of 9 copied < 0.98
+    system_only = [
+        ([{"role": "system", "content": "ABC123"}], ToolCall("get", {"reservation_id": "ABC123"}))
+    ] * 9
+    assert learn_copied(system_only) == {}  # the system prompt is not the conversation
+
+
+def test_restricted_grammar_accepts_only_ids_the_conversation_holds(tmp_path: Path) -> None:
+    messages = [
+        {"role": "system", "content": "policy mentions QQQ999"},
+        {"role": "user", "content": "I booked ZFA04Y and also 8JX2WO, my id is mia_li_3668"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "1",
+                    "type": "function",
+                    "function": {"name": "get_user_details", "arguments": '{"user_id": "mia_li_3668"}'},
+                }
+            ],
+        },
+    ]
+    copied = {"get_reservation_details": {"reservation_id": ["ID_UPPER_ALNUM", "UPPER6"]}}
+    save_copied(tmp_path, copied)
+    assert load_copied(tmp_path) == (copied, True) and load_copied(tmp_path / "none") == ({}, False)
+    schemas = restrict_schemas(tool_schemas(TOOLS), copied, messages)
+    assert schemas["get_reservation_details"]["properties"]["reservation_id"]["enum"] == ["8JX2WO", "ZFA04Y"]
+    assert schemas["get_user_details"] == tool_schemas(TOOLS)["get_user_details"]  # untouched
+
+    def accepts(text: str) -> bool:
+        grammar = ToolCallGrammar(["get_reservation_details"], 160, schemas)
+        return grammar.feed(text) and grammar.done
+
+    assert accepts('get_reservation_details {"reservation_id":"ZFA04Y"}')
+    assert not accepts('get_reservation_details {"reservation_id":"ZFA04"}')  # a misspelt id
+    assert not accepts('get_reservation_details {"reservation_id":"QQQ999"}')  # only in the system prompt
+    # nothing of the shape to copy: the parameter keeps its schema rather than becoming impossible
+    bare = restrict_schemas(tool_schemas(TOOLS), copied, [{"role": "user", "content": "hello"}])
+    assert "enum" not in bare["get_reservation_details"]["properties"]["reservation_id"]
+
+
+def test_options_line_lists_candidates_in_order_and_marks_the_ones_already_used() -> None:
+    messages = [
+        {"role": "system", "content": "policy QQQ999"},
+        {"role": "user", "content": "my user id is mia_li_3668"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "1",
+                    "type": "function",
+                    "function": {
+                        "name": "get_reservation_details",
+                        "arguments": '{"reservation_id": "NO6JO3"}',
+                    },
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "content": '{"user_id": "mia_li_3668", "reservations": ["NO6JO3", "AIXC49", "HKEG34"]}',
+        },
+    ]
+    copied = {
+        "get_reservation_details": {"reservation_id": ["ID_UPPER_ALNUM", "UPPER6"]},
+        "cancel_reservation": {"reservation_id": ["ID_UPPER_ALNUM"]},
+        "get_user_details": {"user_id": ["ID_SNAKE"]},
+    }
+    assert options_line(messages, copied) == "reservation_id: NO6JO3* AIXC49 HKEG34; user_id: mia_li_3668"
+    assert options_line(messages, copied, max_options=1) == "reservation_id: NO6JO3*; user_id: mia_li_3668"
+    assert (
+        options_line(messages, {}) == "" and options_line([{"role": "user", "content": "hi"}], copied) == ""
+    )
