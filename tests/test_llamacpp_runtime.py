@@ -158,6 +158,11 @@ def test_auto_engine_is_the_calibrated_one_else_llama_cpp_where_it_can_serve(
         "llamacpp" if installed else "transformers"
     )
     assert resolve_engine("auto", specialist("smollm2-135m", adapter, "transformers")) == "transformers"
+    assert resolve_engine("auto", specialist("smollm2-135m", adapter, "llamacpp")) == (
+        "llamacpp"  # what the threshold was calibrated on, even where llama.cpp would then be missing
+    )
+    old = Specialist("s", "t", "smollm2-135m", str(adapter), {}, "", metrics={"eval": {"threshold": -1}})
+    assert resolve_engine("auto", old) == "transformers"  # evaluated before the engine was recorded
     assert resolve_engine("auto", specialist("smollm2-135m", full)) == "transformers"  # a full fine-tune
     assert (
         resolve_engine("auto", specialist("HuggingFaceTB/SmolLM2-360M-Instruct", adapter)) == "transformers"

@@ -192,9 +192,11 @@ def resolve_engine(engine: str, specialist: Specialist) -> str:
         raise ConfigError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     if engine != "auto":
         return engine
-    calibrated = (specialist.metrics.get("eval") or {}).get("engine")
-    if calibrated in ENGINES[1:]:
-        return str(calibrated)
+    evaluated = specialist.metrics.get("eval")
+    if evaluated:  # evaluations before the engine was recorded ran `downsize eval`, on transformers
+        calibrated = evaluated.get("engine") or "transformers"
+        if calibrated in ENGINES[1:]:
+            return str(calibrated)
     import importlib.util
 
     from downsize.backends.llamacpp_runtime import base_gguf
