@@ -38,6 +38,19 @@ db_option = click.option(
 )
 
 
+def engine_option(what: str) -> Any:
+    """`--engine` of the commands that run a specialist: `what` it is used for, then the choices explained."""
+    return click.option(
+        "--engine",
+        type=click.Choice(["auto", "transformers", "llamacpp"]),
+        default="auto",
+        show_default=True,
+        help=f"{what} transformers: the reference path (adapter merged, torch); llamacpp: the shipped GGUF + "
+        "the adapter as a GGUF LoRA, fast on CPU (the serve extra); auto: the engine the threshold was "
+        "calibrated on, else llamacpp where installed.",
+    )
+
+
 @click.group(cls=DownsizeGroup)
 @click.version_option(__version__, prog_name="downsize")
 def main() -> None:
@@ -134,13 +147,7 @@ def train(config_file: Path | None, db: str | None, **flags: Any) -> None:
 )
 @click.option("--limit", type=int, help="Evaluate at most this many calls per split (quick look).")
 @click.option("--batch-size", type=int)
-@click.option(
-    "--engine",
-    type=click.Choice(["auto", "transformers", "llamacpp"]),
-    default="auto",
-    show_default=True,
-    help="Engine to calibrate on (serve on the same one); auto: llamacpp where installed.",
-)
+@engine_option("Engine to calibrate on (serve on the same one).")
 @db_option
 def eval_cmd(
     specialist: str | None, config_file: Path | None, db: str | None, engine: str, **flags: Any
@@ -272,14 +279,7 @@ def specialists(as_json: bool, db: str | None) -> None:
 @click.option("--specialist", help="Route to this specialist (name or id) instead of the live one.")
 @click.option("--no-route", is_flag=True, help="Only log: forward every request upstream.")
 @click.option("--threshold", type=float, help="Override the specialist's calibrated threshold.")
-@click.option(
-    "--engine",
-    type=click.Choice(["auto", "transformers", "llamacpp"]),
-    default="auto",
-    show_default=True,
-    help="Specialist runtime: transformers (reference) or llamacpp (GGUF + LoRA, fast on CPU; the serve extra); "
-    "auto: the engine its threshold was calibrated on, else llamacpp where installed.",
-)
+@engine_option("Specialist runtime.")
 @click.option(
     "--upstream-timeout", type=float, help="Seconds to wait for an upstream, per attempt (default 120)."
 )
@@ -423,13 +423,7 @@ def serve(
 @click.argument("specialist")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8788, show_default=True)
-@click.option(
-    "--engine",
-    type=click.Choice(["auto", "transformers", "llamacpp"]),
-    default="auto",
-    show_default=True,
-    help="transformers (reference path) or llamacpp (the shipped GGUF + the adapter as a GGUF LoRA).",
-)
+@engine_option("Specialist runtime.")
 @db_option
 def specialist_worker(specialist: str, host: str, port: int, engine: str, db: str | None) -> None:
     """Serve one specialist's model over loopback HTTP for the gateway (started by `downsize serve`).
@@ -451,13 +445,7 @@ def specialist_worker(specialist: str, host: str, port: int, engine: str, db: st
 @click.option(
     "--data", type=click.Path(path_type=Path), help="tau-airline folder (default ../shared/data/tau-airline)."
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["auto", "transformers", "llamacpp"]),
-    default="auto",
-    show_default=True,
-    help="Engine to calibrate and serve on; auto: llamacpp where installed.",
-)
+@engine_option("Engine to calibrate and serve on.")
 def demo(max_minutes: float, data: Path | None, engine: str) -> None:
     """The embedded default end to end: import, train, eval, then replay the test split through the gateway."""
     from downsize.demo.run import run_demo

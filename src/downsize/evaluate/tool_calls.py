@@ -153,8 +153,9 @@ def evaluate_specialist(
     all_out = generate_all(runtime, test_all, config.batch_size, "eval test", progress, gate)
     val_scored = [score(ex, g, lp) for ex, (g, lp) in zip(validation, val_out, strict=True)]
     all_scored = [score(ex, g, lp) for ex, (g, lp) in zip(test_all, all_out, strict=True)]
-    test_scored = [s for s in all_scored if s.teacher_called]
-    test_gens = [g for ex, (g, _) in zip(test_all, all_out, strict=True) if ex.response_kind == "tool_call"]
+    is_call = [ex.response_kind == "tool_call" for ex in test_all]
+    test_scored = [s for s, call in zip(all_scored, is_call, strict=True) if call]
+    test_gens = [g for (g, _), call in zip(all_out, is_call, strict=True) if call]
     threshold = calibrate(val_scored, config.target_agreement)
     targets = by_target(val_scored, all_scored, sorted({*TARGETS, config.target_agreement}))
 
