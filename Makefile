@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-0.3
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover bench-serving bench-bfcl bench-specialists bench-tasks clean
+.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover bench-serving bench-bfcl bench-specialists bench-tasks bench-conversion clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,7 +37,7 @@ format: install
 	$(VENV)/bin/ruff format src tests benchmarks
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
-bench: bench-train bench-pii bench-discover bench-gateway bench-specialists bench-tasks
+bench: bench-train bench-pii bench-discover bench-gateway bench-specialists bench-tasks bench-conversion
 
 bench-train: install
 	$(PY) benchmarks/bench_train_serve.py
@@ -59,6 +59,11 @@ bench-specialists: bench-serving bench-bfcl
 # tasks, then eval and replay of the test split through the gateway with the task assigner in the router
 bench-tasks: install
 	$(PY) benchmarks/bench_tasks.py
+
+# issue 11: two agents in one store (tau-airline, crewAI's cassettes) through the CLI: import, splits, discover,
+# train --suitable within one budget, eval each specialist; per source and task in bench-results/conversion.json
+bench-conversion: install
+	$(PY) benchmarks/bench_conversion.py $(BENCH_ARGS)
 
 bench-pii: install
 	$(PY) benchmarks/bench_pii.py

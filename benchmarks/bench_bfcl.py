@@ -72,14 +72,10 @@ def run_bfcl_benchmark(
     from downsize.backends.transformers_runtime import TransformersRuntime
     from downsize.config import TrainConfig
     from downsize.evaluate.bfcl import CATEGORIES, load_bfcl
-    from downsize.select.screen import (
-        PromptConfig,
-        answer_cases,
-        build_screen_prompt,
-        select_shots,
-        summarise,
-        target_text,
-    )
+    from downsize.select.answers import answer_cases
+    from downsize.select.cases import select_shots
+    from downsize.select.prompts import PromptConfig, build_screen_prompt, target_text
+    from downsize.select.screen import summarise
     from downsize.train.data import Example
     from downsize.train.loop import fit_adapter
 

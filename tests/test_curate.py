@@ -10,11 +10,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import inspect, select
 
+from downsize.calls import CallSelection, select_calls
 from downsize.cli.curate import curate as curate_command
 from downsize.curate.config import CurateConfig
 from downsize.curate.curation import REASONS, NearDuplicates, curate, pruned_prompt
-from downsize.curate.view import curated_rows, curated_training_exchanges, curation_report, curation_runs
-from downsize.errors import ConfigError, StoreError
+from downsize.curate.view import curated_rows, curation_report, curation_runs
+from downsize.errors import ConfigError
 from downsize.importers.tau_airline import read_exchanges
 from downsize.store import Store
 from downsize.store.migrations import applied
@@ -149,7 +150,7 @@ def test_masked_training_view_keeps_ids_and_leaves_originals_alone(store: Store,
     originals = {ex.id: ex for ex in store.exchanges(split="dev")}
     report = curate(store, CurateConfig(pii=True, mode="surrogate"))
     assert report.pii["masked"] and report.pii["values_by_entity"]["PERSON"] > 0
-    view = curated_training_exchanges(store)
+    view = select_calls(store, CallSelection(role="dev", curated=True)).exchanges
     kept_calls = {
         r["exchange_id"]
         for r in curated_rows(store, report.run_id, kept=True)
@@ -180,8 +181,8 @@ def test_masked_training_view_keeps_ids_and_leaves_originals_alone(store: Store,
 
 def test_training_view_needs_a_finished_run(tmp_path: Path) -> None:
     st = Store.open(f"sqlite:///{tmp_path / 'empty.db'}")
-    with pytest.raises(StoreError, match="downsize curate"):
-        curated_training_exchanges(st)
+    with pytest.raises(ConfigError, match="downsize curate"):
+        select_calls(st, CallSelection(curated=True))
 
 
 def test_pruned_prompt_is_the_newest_words(tau_subset: list[Exchange]) -> None:

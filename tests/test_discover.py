@@ -423,7 +423,7 @@ def test_discovered_tasks_scope_training_data_and_the_router(run: dict[str, obje
         resolve_tasks(store, TrainConfig(tasks=["tool:no_such_tool"]))
 
     # the router serves only what the assigner maps to the specialist's tasks
-    router = Router(
+    router = Router.single(
         specialist=Specialist(
             name="s", task=chosen, base_model="m", adapter_path="", config={}, data_hash="", id=1
         ),
@@ -435,9 +435,9 @@ def test_discovered_tasks_scope_training_data_and_the_router(run: dict[str, obje
     exchanges = {ex.id: ex for ex in store.exchanges(source="tau-airline")}
     inside = [exchanges[i] for i, (k, _) in assigned.items() if k == chosen]
     outside = [exchanges[i] for i, (k, _) in assigned.items() if k is not None and k != chosen]
-    covered = sum(router.covers(ex.request, ex.agent, ex.task_hint) is None for ex in inside)
+    covered = sum(router.slots[0].scope.task(ex.request, ex.agent, ex.task_hint) is None for ex in inside)
     assert covered / len(inside) > 0.8  # the assigner agrees with the run on its own calls
-    ex = next(e for e in outside if router.covers(e.request, e.agent, e.task_hint) is not None)
+    ex = next(e for e in outside if router.slots[0].scope.task(e.request, e.agent, e.task_hint) is not None)
     out = router.route(ex.request, ex.agent, ex.task_hint)
     assert out.decision is not None and not out.decision.served
     assert out.decision.reason.startswith(("other_task:", "novel_task:"))
@@ -445,4 +445,4 @@ def test_discovered_tasks_scope_training_data_and_the_router(run: dict[str, obje
         **ex.request,
         "messages": [{"role": "system", "content": "a brand new agent"}, *ex.request["messages"][1:]],
     }
-    assert str(router.covers(novel, ex.agent, ex.task_hint)).startswith("novel_task")
+    assert str(router.slots[0].scope.task(novel, ex.agent, ex.task_hint)).startswith("novel_task")

@@ -30,31 +30,40 @@ def test_eval_calibrates_reports_and_draws_the_curves(
         store, sp, EvalConfig(limit=6, batch_size=6, max_new_tokens=32), progress=False
     )
     # validation holds text replies too (the router cannot know them in advance); test only tool calls
-    assert report["validation"]["calls"] == 6 and report["test_tool_calls"]["calls"] == 6
-    t = report["test_tool_calls"]
-    assert 0.0 <= t["exact_agreement"] <= t["tool_name_accuracy"] + 1e-9 <= 1.0 + 1e-9
-    assert 0.0 <= t["valid_share"] <= 1.0  # calls the gate sends to text are never generated, so not valid
-    for point in report["validation"]["curve"]:
+    assert report.validation.calls == 6 and report.test_tool_calls.calls == 6
+    t = report.test_tool_calls
+    assert 0.0 <= t.exact_agreement <= t.tool_name_accuracy + 1e-9 <= 1.0 + 1e-9
+    assert 0.0 <= t.valid_share <= 1.0  # calls the gate sends to text are never generated, so not valid
+    for point in report.validation.curve:
         assert point["agreement_lower95"] <= point["agreement"] and point["served"] >= point["agreed"]
     # the threshold and metrics are stored with the specialist; the JSON and the HTML page are written
     again = store.specialist(sp.id)
-    assert again.threshold == report["threshold"] and "eval" in again.metrics
-    assert report["threshold"] is None or math.isfinite(report["threshold"])
+    assert again.threshold == report.threshold and "eval" in again.metrics
+    assert report.threshold is None or math.isfinite(report.threshold)
     # every test call, text replies included, as the router meets them; a row per target agreement
-    assert report["test"]["calls"] == 12 and report["test"]["at_threshold"]["tool_calls"] == 6
-    assert [r["target"] for r in report["by_target"]] == [0.8, 0.85, 0.9, 0.95]
-    assert all(r["test"]["calls"] == 12 for r in report["by_target"])
-    assert report["engine"] in ("transformers", "llamacpp")
-    assert again.metrics["eval"]["engine"] == report["engine"]
-    saved = json.loads(Path(report["path"]).read_text())
-    assert saved["test_tool_calls"]["calls"] == 6
-    page = Path(report["curve_path"]).read_text()
+    assert report.test.calls == 12 and report.test.at_threshold.tool_calls == 6
+    assert [r.target for r in report.by_target] == [0.8, 0.85, 0.9, 0.95]
+    assert all(r.test.calls == 12 for r in report.by_target)
+    assert report.engine in ("transformers", "llamacpp")
+    assert again.metrics["eval"]["engine"] == report.engine
+    saved = json.loads(Path(str(report.path)).read_text())
+    assert saved["test_tool_calls"]["calls"] == 6 and saved["schema_version"] == 2
+    from downsize.artifacts import EvalReport
+
+    assert EvalReport.from_dict(saved).test_tool_calls.calls == 6  # the saved JSON reads back typed
+    page = Path(str(report.curve_path)).read_text()
     assert "<svg" in page and "<script" not in page
 
     # a specialist of discovered tasks whose tasks cover no validation call cannot be calibrated: say so
     import downsize.evaluate.tool_calls as tool_calls_module
+    from downsize.decide.decision import Scope
     from downsize.errors import ConfigError
 
-    monkeypatch.setattr(tool_calls_module, "task_scope", lambda _store, _sp: lambda _ex: False)
-    with pytest.raises(ConfigError, match="none of the 6 validation calls .* occur only in training"):
+    class Elsewhere:  # an assigner that maps every request to another task
+        def assign(self, request: object, agent: object = None, task_hint: object = None) -> object:
+            return type("Assignment", (), {"task": "other", "reason": ""})()
+
+    scope = Scope(tasks=frozenset({"mine"}), assigner=Elsewhere())
+    monkeypatch.setattr(tool_calls_module, "scope_of", lambda _store, _sp: scope)
+    with pytest.raises(ConfigError, match="none of the .* validation calls .* occur only in training"):
         evaluate_specialist(store, sp, EvalConfig(limit=6, batch_size=6, max_new_tokens=32), progress=False)

@@ -23,9 +23,9 @@ from downsize.config import GatewayConfig
 from downsize.errors import StoreError
 from downsize.gateway.app import create_app
 from downsize.gateway.writer import ExchangeWriter, Record
-from downsize.route.router import Generation, Router
+from downsize.route.router import Router
 from downsize.store.store import Store
-from downsize.types import Exchange, Specialist, ToolCall
+from downsize.types import Exchange, Generation, Specialist, ToolCall
 from upstream_stub import (
     MISSING_MODEL,
     MODEL,
@@ -348,7 +348,7 @@ def test_wrong_method_and_unknown_path(gateway: Gateway) -> None:
 def test_health(gateway: Gateway) -> None:
     status, payload = _raw(f"{gateway.url}/health", method="GET")
     assert status == 200
-    assert payload["status"] == "ok" and payload["queue_depth"] == 0 and payload["specialist"] is None
+    assert payload["status"] == "ok" and payload["queue_depth"] == 0 and payload["specialists"] == []
 
 
 def test_upstream_down_is_502(store: Store, tmp_path: Path) -> None:
@@ -456,8 +456,9 @@ class FakeRuntime:
 
 
 def _threads(router: Router) -> list[str]:
-    assert isinstance(router.runtime, FakeRuntime)
-    return router.runtime.threads
+    runtime = router.slots[0].runtime
+    assert isinstance(runtime, FakeRuntime)
+    return runtime.threads
 
 
 def _router(store: Store, min_logprob: float) -> Router:
@@ -480,7 +481,7 @@ def _router(store: Store, min_logprob: float) -> Router:
         mean_logprob=min_logprob / 2,
         tokens=12,
     )
-    return Router(
+    return Router.single(
         specialist=specialist,
         runtime=FakeRuntime(generation),
         threshold=-1.0,
@@ -522,7 +523,7 @@ def test_served_by_the_specialist(confident: tuple[Gateway, Router], stub: StubU
     assert len(stub.requests) == sent, "a served request never reaches the upstream"
     assert set(_threads(router)) == {"downsize-router_0"}
     exchanges = gateway.exchanges()
-    sid = router.specialist.id
+    sid = router.slots[0].specialist.id
     assert [(ex.route, ex.response_kind, ex.tool_names, ex.upstream_status) for ex in exchanges] == [
         (f"specialist:{sid}", "tool_call", [TOOL_NAME], None)
     ] * 2
@@ -547,7 +548,7 @@ def test_specialist_models_and_health(confident: tuple[Gateway, Router]) -> None
     ids = [m.id for m in gateway.client().models.list()]
     assert ids == [MODEL, "downsize/airline-lookup"]
     status, payload = _raw(f"{gateway.url}/health", method="GET")
-    assert status == 200 and payload["specialist"] == "airline-lookup"
+    assert status == 200 and payload["specialists"] == ["airline-lookup"]
 
 
 def test_models_listed_locally_when_upstream_is_down(store: Store, tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ import pytest
 from downsize.config import GatewayConfig
 from downsize.errors import StoreError
 from downsize.gateway.writer import ExchangeWriter, Record
-from downsize.route.router import Generation, Router
+from downsize.route.router import Router
 from downsize.store.store import Store
-from downsize.types import Exchange, RouteDecision, Specialist, ToolCall
+from downsize.types import Exchange, Generation, RouteDecision, Specialist, ToolCall
 from upstream_stub import TOOL_NAME, StubUpstream, serve_gateway
 
 MESSAGES: Any = [{"role": "user", "content": "Hi, I am sara_doe_496."}]
@@ -202,7 +202,7 @@ def test_metrics(stub: StubUpstream, store: Store) -> None:
     specialist = Specialist("m", "t", "b", "/a", {}, "h", status="live")
     store.add_specialist(specialist)
     runtime = FixedRuntime(-3.0)
-    router = Router(specialist, runtime, threshold=-1.0, task_tools=frozenset({TOOL_NAME}))
+    router = Router.single(specialist, runtime, threshold=-1.0, task_tools=frozenset({TOOL_NAME}))
     with serve_gateway(GatewayConfig(upstream=stub.base_url), store, router) as (url, app):
         for _ in range(3):
             assert _post(url) == 200

@@ -17,9 +17,9 @@ import pytest
 from downsize.backends.upstream import UpstreamPool, retry_after_s
 from downsize.config import GatewayConfig, load_gateway_config
 from downsize.errors import ConfigError
-from downsize.route.router import Generation, Router
+from downsize.route.router import Router
 from downsize.store.store import Store
-from downsize.types import Specialist, ToolCall
+from downsize.types import Generation, Specialist, ToolCall
 from upstream_stub import MODEL, TEXT, TOOL_NAME, StubUpstream, free_socket, serve_gateway
 
 AGENT_KEY = "sk-agent-7f3a9c1e5b2d4f6a8c0e"
@@ -204,7 +204,7 @@ def test_a_slow_specialist_falls_back_upstream(stubs: list[StubUpstream], store:
     specialist = Specialist("slow", "get_user_details", "smollm2-135m", "/none", {}, "0" * 64, status="live")
     store.add_specialist(specialist)
     runtime = SlowRuntime(5.0)
-    router = Router(specialist, runtime, threshold=-1.0, task_tools=frozenset({TOOL_NAME}))
+    router = Router.single(specialist, runtime, threshold=-1.0, task_tools=frozenset({TOOL_NAME}))
     config = _config(stub.base_url, specialist_timeout_s=0.2)
     with serve_gateway(config, store, router) as (url, app):
         client = _client(url)

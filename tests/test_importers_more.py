@@ -12,11 +12,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 from click.testing import CliRunner
 
-from downsize.cli.imports import register
+from downsize.cli.main import main
 from downsize.errors import ImportDataError
 from downsize.importers.llm_logs import import_llm_logs
 from downsize.importers.llm_logs import read_exchanges as read_llm
@@ -457,34 +456,19 @@ def test_llm_bad_paths_say_what_to_do(tmp_path: Path) -> None:
 # -- the CLI --------------------------------------------------------------------------------------------
 
 
-def _cli() -> click.Group:
-    from downsize.cli.main import DownsizeGroup
-
-    @click.group(cls=DownsizeGroup)
-    def root() -> None:
-        pass
-
-    @root.group("import")
-    def import_group() -> None:
-        pass
-
-    register(import_group)
-    return root
-
-
 def test_cli_commands(tmp_path: Path, logs_db: Path) -> None:
     db = f"sqlite:///{tmp_path / 'cli.db'}"
     log = _write_jsonl(tmp_path / "log.jsonl", [_record(0), _tool_record()], ["{broken"])
     runner = CliRunner()
-    result = runner.invoke(_cli(), ["import", "openai-jsonl", str(log), "--db", db])
+    result = runner.invoke(main, ["import", "openai-jsonl", str(log), "--db", db])
     assert result.exit_code == 1 and "line 3" in result.output and "--skip-invalid" in result.output
-    result = runner.invoke(_cli(), ["import", "openai-jsonl", str(log), "--skip-invalid", "--db", db])
+    result = runner.invoke(main, ["import", "openai-jsonl", str(log), "--skip-invalid", "--db", db])
     assert result.exit_code == 0, result.output
     assert "read 2 records, added 2 new (0 already stored), skipped 1 invalid lines" in result.output
-    result = runner.invoke(_cli(), ["import", "llm-logs", str(logs_db), "--db", db])
+    result = runner.invoke(main, ["import", "llm-logs", str(logs_db), "--db", db])
     assert result.exit_code == 0, result.output
     assert "read 5 responses, added 5 new" in result.output and "store: 5 llm-logs exchanges" in result.output
     result = runner.invoke(
-        _cli(), ["import", "llm-logs", "--db", db], env={"LLM_USER_PATH": str(tmp_path / "none")}
+        main, ["import", "llm-logs", "--db", db], env={"LLM_USER_PATH": str(tmp_path / "none")}
     )
     assert result.exit_code == 1 and "none/logs.db is not a file" in result.output

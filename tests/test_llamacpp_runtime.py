@@ -121,7 +121,7 @@ def test_the_engine_fails_with_an_install_hint_without_llama_cpp(monkeypatch: py
 def test_the_engine_is_chosen_on_the_command_line_and_checked() -> None:
     from click.testing import CliRunner
 
-    from downsize.backends.transformers_runtime import runtime_for
+    from downsize.backends.engines import runtime_for
     from downsize.cli.main import main
     from downsize.errors import ConfigError
     from downsize.types import Specialist
@@ -139,7 +139,7 @@ def test_auto_engine_is_the_calibrated_one_else_llama_cpp_where_it_can_serve(
 ) -> None:
     import importlib.util
 
-    from downsize.backends.transformers_runtime import resolve_engine
+    from downsize.backends.engines import resolve_engine
     from downsize.types import Specialist
 
     adapter = tmp_path / "adapter"
@@ -185,8 +185,8 @@ def trained_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.environ.setdefault("DOWNSIZE_MODELS", str(tmp_path_factory.mktemp("models")))
     import torch
 
+    from downsize.backends.student_prompt import build_prompt, end_of_turn
     from downsize.backends.students import load_student
-    from downsize.backends.transformers_runtime import build_prompt, end_of_turn
     from downsize.config import TrainConfig
     from downsize.train.data import Example
     from downsize.train.loop import batch_loss, collate, lora_model

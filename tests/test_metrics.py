@@ -44,8 +44,8 @@ def test_curve_and_calibration() -> None:
     assert calibrate(items, 0.90) == -0.5
     assert calibrate(items, 0.95, min_served=25) is None
     served = at_threshold(items, -0.5)
-    assert served["served"] == 30 and served["agreed"] == 28 and served["tool_calls"] == 36
-    assert at_threshold(items, None)["served"] == 0
+    assert served.served == 30 and served.agreed == 28 and served.tool_calls == 36
+    assert at_threshold(items, None).served == 0
 
 
 def test_by_target_calibrates_each_target_on_validation_and_reports_test() -> None:
@@ -56,13 +56,13 @@ def test_by_target_calibrates_each_target_on_validation_and_reports_test() -> No
     val += [Scored(-1.0, True, True, True)] * 8 + [Scored(-1.0, True, False, True)] * 2
     val += [Scored(-3.0, True, True, True)] * 2 + [Scored(-3.0, True, False, False)] * 8
     test = [Scored(-0.1, True, True, True)] * 5 + [Scored(-1.0, True, False, False)] * 5
-    rows = {r["target"]: r for r in by_target(val, test, (0.95, 0.90, 0.80))}
+    rows = {r.target: r for r in by_target(val, test, (0.95, 0.90, 0.80))}
     assert list(rows) == [0.80, 0.90, 0.95]  # sorted
-    assert rows[0.95]["threshold"] == -0.1  # 10/10; adding -1.0 gives 18/20 = 0.90
-    assert rows[0.90]["threshold"] == -1.0  # 18/20 = 0.90 reaches 0.90
-    assert rows[0.80]["threshold"] == -1.0  # -3.0 gives 20/30 = 0.67
-    assert rows[0.95]["test"]["served"] == 5 and rows[0.95]["test"]["agreed"] == 5
+    assert rows[0.95].threshold == -0.1  # 10/10; adding -1.0 gives 18/20 = 0.90
+    assert rows[0.90].threshold == -1.0  # 18/20 = 0.90 reaches 0.90
+    assert rows[0.80].threshold == -1.0  # -3.0 gives 20/30 = 0.67
+    assert rows[0.95].test.served == 5 and rows[0.95].test.agreed == 5
     # the laxer threshold also serves the five test calls where the teacher replied in text: all wrong
-    assert rows[0.90]["test"]["served"] == 10 and rows[0.90]["test"]["agreement"] == 0.5
-    assert rows[0.90]["test"]["served_share"] == 2.0  # 10 served / 5 teacher tool calls
-    assert by_target(val[:5], test, (0.95,))[0]["threshold"] is None  # fewer than 10 served
+    assert rows[0.90].test.served == 10 and rows[0.90].test.agreement == 0.5
+    assert rows[0.90].test.served_share == 2.0  # 10 served / 5 teacher tool calls
+    assert by_target(val[:5], test, (0.95,))[0].threshold is None  # fewer than 10 served

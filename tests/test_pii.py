@@ -136,7 +136,7 @@ def test_planted_secrets_are_removed(mode: str, surrogate: PiiScrubber, placehol
         "sk-proj-Ab3dEf9hIjKlMnOpQrStUvWxYz0123456789abcd": "API_KEY",
         "sk-4f9Kx2LmPq8RsTuVwXyZ0123456789AbCdEfGhIjKl": "API_KEY",
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U": "BEARER_TOKEN",
-        "AKIAIOSFODNN7EXAMPLE": "CLOUD_KEY",
+        "AKIAQYLPMN5HHHFPZAM2": "CLOUD_KEY",
         "ghp_0123456789abcdefghijABCDEFGHIJ012345": "API_KEY",
         "hunter2secret": "PASSWORD",
     }
@@ -144,7 +144,7 @@ def test_planted_secrets_are_removed(mode: str, surrogate: PiiScrubber, placehol
         "export OPENAI_API_KEY=sk-proj-Ab3dEf9hIjKlMnOpQrStUvWxYz0123456789abcd and the old key "
         "sk-4f9Kx2LmPq8RsTuVwXyZ0123456789AbCdEfGhIjKl. curl -H 'Authorization: Bearer "
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U' "
-        "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE token ghp_0123456789abcdefghijABCDEFGHIJ012345 "
+        "AWS_ACCESS_KEY_ID=AKIAQYLPMN5HHHFPZAM2 token ghp_0123456789abcdefghijABCDEFGHIJ012345 "
         "and my password is hunter2secret."
     )
     masked = scrubber.conversation("c").mask_text(text)

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from downsize.decide.gate import TaskGate
 from downsize.prompting import TEXT_REPLY
-from downsize.route.gate import TaskGate
-from downsize.route.router import Generation, Router
-from downsize.types import Specialist, ToolCall
+from downsize.route.router import Router
+from downsize.types import Generation, Specialist, ToolCall
 
 TOOLS = [
     {
@@ -57,7 +57,7 @@ class Scripted:
 
 def router(gen: Generation | Exception, threshold: float = -0.5) -> Router:
     sp = Specialist("tau", "tau", "smollm2-135m", "/x", {}, "h", id=7)
-    return Router(
+    return Router.single(
         specialist=sp,
         runtime=Scripted(gen),
         threshold=threshold,
@@ -116,7 +116,7 @@ def test_falls_back_when_invalid_unconfident_or_broken(
     ("change", "why"),
     [
         ({"tools": None}, "no_tools"),
-        ({"tools": TOOLS[:1]}, "other_task"),
+        ({"tools": TOOLS[:1]}, "other_tools"),
         ({"tool_choice": "none"}, "tool_choice_none"),
         ({"n": 2}, "n_not_1"),
     ],
@@ -124,9 +124,9 @@ def test_falls_back_when_invalid_unconfident_or_broken(
 def test_does_not_apply_outside_its_task(change: dict[str, Any], why: str) -> None:
     r = router(gen("x", 0.0))
     request = {**REQUEST, **change}
-    assert r.applies(request) == why
+    assert r.slots[0].scope.call_site(request) == why
     assert r.route(request).decision is None
-    assert r.runtime.calls == 0  # type: ignore[attr-defined]
+    assert r.slots[0].runtime.calls == 0  # type: ignore[attr-defined]
 
 
 def _gate() -> TaskGate:
@@ -139,18 +139,18 @@ def _gate() -> TaskGate:
 
 def test_gate_defers_text_turns_without_running_the_student() -> None:
     r = router(gen("x", 0.0), threshold=-0.7)
-    r.gate = _gate()
+    r.slots[0].decider.gate = _gate()
     out = r.route({**REQUEST, "messages": [{"role": "user", "content": "hello, how are you"}]})
     assert out.decision is not None and out.decision.reason == "gate_text" and not out.decision.served
-    assert r.runtime.calls == 0  # type: ignore[attr-defined]
+    assert r.slots[0].runtime.calls == 0  # type: ignore[attr-defined]
 
 
 def test_gate_chooses_the_tool_and_the_student_fills_arguments() -> None:
     call = ToolCall("get_user_details", {"user_id": "u1"})
     r = router(gen('get_user_details {"user_id":"u1"}', -0.05, call), threshold=-0.7)
-    r.gate = _gate()
+    r.slots[0].decider.gate = _gate()
     out = r.route({**REQUEST, "messages": [{"role": "user", "content": "my user id is u1"}]})
-    assert r.runtime.tool == "get_user_details"  # type: ignore[attr-defined]
+    assert r.slots[0].runtime.tool == "get_user_details"  # type: ignore[attr-defined]
     assert out.decision is not None and out.decision.served
     assert out.decision.confidence is not None and -0.7 < out.decision.confidence <= -0.05
 
@@ -168,7 +168,7 @@ def test_gate_round_trips_through_its_file(tmp_path) -> None:
 def test_shadow_mode_decides_and_logs_but_never_serves() -> None:
     call = ToolCall("get_user_details", {"user_id": "u1"})
     r = router(gen('get_user_details {"user_id":"u1"}', -0.1, call))
-    r.shadow = True
+    r.slots[0].shadow = True
     out = r.route(REQUEST)
     assert out.decision is not None and not out.decision.served and out.response is None
     assert out.decision.reason == "shadow" and out.decision.candidate == 'get_user_details {"user_id":"u1"}'

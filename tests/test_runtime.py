@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from downsize.decide.validate import validate_call
 from downsize.prompting import PromptBudget
-from downsize.route.validate import validate_call
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,7 @@ def test_copied_arguments_can_only_be_ids_from_the_conversation(runtime) -> None
     conversation = [
         {"role": "user", "content": "My reservations are ZFA04Y and 8JX2WO; please check the first one."}
     ]
-    from downsize.backends.transformers_runtime import build_prompt
+    from downsize.backends.student_prompt import build_prompt
 
     copied = {"get_reservation_details": {"reservation_id": ["ID_UPPER_ALNUM", "UPPER6"]}}
     runtime.copied, runtime.copied_in_prompt = copied, True

@@ -10,19 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from downsize.select.screen import (
-    CallCase,
-    CallSequenceGrammar,
-    answer_cases,
-    parse_calls,
-    render_calls,
-    render_tool,
-    score_answer,
-    screen_messages,
-    select_shots,
-    tau_cases,
-    tool_signature,
-)
+from downsize.select.answers import answer_cases, score_answer
+from downsize.select.call_sequence import CallSequenceGrammar, parse_calls, render_calls
+from downsize.select.cases import CallCase, select_shots, tau_cases
+from downsize.select.prompts import screen_messages
+from downsize.select.tool_schemas import render_tool, tool_signature
 from downsize.types import ToolCall
 
 END = "<|im_end|>"
@@ -220,7 +212,7 @@ def test_schema_keys_are_the_tools_parameters(text: str, ok: bool) -> None:
 
 
 def test_grammar_for_takes_the_keys_from_the_case_tools() -> None:
-    from downsize.select.screen import grammar_for
+    from downsize.select.answers import grammar_for
 
     g = grammar_for(case("v", "paris", "validation"), [END])
     assert g.ends == () and g.params == {"get_weather": (("city", "unit", "days", "spots"), ("city",))}
@@ -352,7 +344,7 @@ def test_screen_names_come_from_the_offline_catalog() -> None:
 
 
 def test_estimated_prompt_tokens_grow_with_the_examples() -> None:
-    from downsize.select.screen import estimate_prompt_tokens
+    from downsize.select.prompts import estimate_prompt_tokens
 
     cases = [case("v", "paris", "validation", tools=TOOLS)]
     zero, three = estimate_prompt_tokens(cases, 0), estimate_prompt_tokens(cases, 3)

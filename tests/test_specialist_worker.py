@@ -15,8 +15,8 @@ import pytest
 from downsize.backends.specialist_worker import RemoteRuntime, create_worker_app
 from downsize.demo.servers import BackgroundServer, free_port
 from downsize.errors import UpstreamError
-from downsize.route.router import Generation, Router
-from downsize.types import Specialist, ToolCall
+from downsize.route.router import Router
+from downsize.types import Generation, Specialist, ToolCall
 
 TOOLS = [{"type": "function", "function": {"name": "get_user_details", "parameters": {"type": "object"}}}]
 
@@ -64,7 +64,7 @@ def test_a_dead_worker_makes_the_router_fall_back() -> None:
     with pytest.raises(UpstreamError, match="specialist worker"):
         remote.generate([{"role": "user", "content": "x"}], TOOLS)
     sp = Specialist("tau", "tau", "smollm2-135m", "/x", {}, "h", id=1)
-    outcome = Router(specialist=sp, runtime=remote, threshold=-1.0).route(
+    outcome = Router.single(specialist=sp, runtime=remote, threshold=-1.0).route(
         {"messages": [{"role": "user", "content": "x"}], "tools": TOOLS}
     )
     assert (
@@ -77,7 +77,7 @@ def test_a_dead_worker_makes_the_router_fall_back() -> None:
 def test_the_gateway_process_never_imports_torch() -> None:
     code = (
         "import sys, downsize.cli.main, downsize.gateway.app, downsize.gateway.server, downsize.route.loading, "
-        "downsize.route.gate, downsize.backends.specialist_worker; print('torch' in sys.modules)"
+        "downsize.decide.gate, downsize.backends.specialist_worker; print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -169,7 +169,7 @@ def test_dora_steps_train_the_adapter_and_reload_with_the_same_logits(
     )
 
     manifest = save_specialist(model, tokenizer, tmp_path / "dora", config, stats, "hash")
-    assert manifest["artifact"] == "adapter" and manifest["method"] == "dora"
+    assert manifest.artifact == "adapter" and manifest.method == "dora"
     assert (tmp_path / "dora" / "adapter_model.safetensors").is_file()
     loaded, _ = load_specialist_model("smollm2-135m", tmp_path / "dora")
     trained_logits = _logits(model, tokenizer, examples)
@@ -198,7 +198,7 @@ def test_full_fine_tuning_trains_every_weight_and_saves_the_model(
     assert len(changed) == len(before)  # embeddings, norms and every projection moved
 
     manifest = save_specialist(trained, tokenizer, tmp_path / "full", config, stats, "hash")
-    assert manifest["artifact"] == "model" and manifest["config"]["method"] == "full"
+    assert manifest.artifact == "model" and manifest.config["method"] == "full"
     assert (tmp_path / "full" / "model.safetensors").is_file()
     assert (tmp_path / "full" / "tokenizer_config.json").is_file()
     loaded, loaded_tokenizer = load_specialist_model("smollm2-135m", tmp_path / "full")
@@ -248,8 +248,8 @@ def test_gemma_template_renders_gemma_turns(student: tuple[Any, Any]) -> None:
 def test_gemma_loads_with_a_chat_template_and_trains(
     imported_db: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    from downsize.backends.student_prompt import build_prompt, end_of_turn
     from downsize.backends.students import load_student
-    from downsize.backends.transformers_runtime import build_prompt, end_of_turn
     from downsize.prompting import PromptBudget
     from downsize.train.loop import fit_adapter
 

@@ -52,7 +52,10 @@ class TrainConfig:
     """Supervised distillation of the teacher's tool calls into a small student: LoRA by default."""
 
     student: str = "smollm2-135m"  # a catalog name, a Hugging Face model id or a local folder
-    specialist: str = "tau-airline"  # name of the specialist (one per task)
+    specialist: str | None = None  # name of the specialist; default: its task(s), else its agent's call site
+    source: str | None = None  # train on this source's calls only (see `downsize splits`)
+    agent: str | None = None  # train on this agent's calls only; the router then serves only this agent
+    tools: list[str] = field(default_factory=list)  # the call site: requests offering exactly these tools
     max_prompt_tokens: int = 192  # pruned prompt budget: older turns are dropped first
     max_message_tokens: int = 96  # each kept message is cut to this many tokens (head and tail kept)
     max_target_tokens: int = 64  # longer teacher calls are skipped, not truncated
@@ -120,11 +123,14 @@ class EvalConfig:
 
 @dataclass
 class RouteConfig:
-    """How the gateway decides between a live specialist and the upstream LLM."""
+    """How the gateway decides between its specialists and the upstream LLM (`route:` in the gateway YAML)."""
 
-    enabled: bool = True
-    max_new_tokens: int = 64
-    threshold: float | None = None  # override the specialist's calibrated threshold
+    enabled: bool = True  # false: log only, every request goes upstream (as --no-route)
+    threshold: float | None = None  # override every specialist's calibrated threshold (as --threshold)
+    specialists: list[str] = field(
+        default_factory=list
+    )  # names or ids to route (as --specialist); default: live
+    engine: str = "auto"  # auto | transformers | llamacpp (as --engine)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 ResponseKind = Literal["tool_call", "text", "json", "error", "empty"]
 Split = Literal["dev", "test"]
@@ -49,6 +49,8 @@ class Exchange:
     is_hci: bool | None = None
     outcome: float | None = None
     split: Split | None = None
+    workflow: str | None = None  # the unit of the split (splits.workflow_key), set when stored
+    split_rule: str | None = None  # what placed it: source (the source's own), hash or time
 
 
 @dataclass
@@ -86,3 +88,30 @@ class Specialist:
     threshold: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     created_at: str | None = None
+
+
+@dataclass
+class Generation:
+    """What a specialist runtime produced for one request."""
+
+    text: str
+    call: ToolCall | None  # parsed call when the text parsed, else None
+    min_logprob: float  # lowest log-probability of any generated token (-inf when aborted early)
+    mean_logprob: float
+    tokens: int
+    stopped_early: bool = False  # generation was cut because confidence fell below the floor
+
+
+class SpecialistRuntime(Protocol):
+    """Generates one tool call for a chat request (transformers, llama.cpp, or a worker process).
+
+    With `tool` given, the tool is fixed (the task gate chose it) and only its arguments are generated.
+    """
+
+    def generate(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        stop_below: float | None = None,
+        tool: str | None = None,
+    ) -> Generation: ...

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 from downsize.backends.grammar import ToolCallGrammar, tool_schemas
 from downsize.copying import Copied, restrict_schemas
 from downsize.prompting import parse_target
-from downsize.route.router import Generation
 from downsize.shapes import tool_names
+from downsize.types import Generation
 
 
 class Grammar(Protocol):

@@ -18,9 +18,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from downsize.errors import UpstreamError
-from downsize.route.router import Generation
-from downsize.types import ToolCall
+from downsize.errors import DownsizeError, UpstreamError
+from downsize.types import Generation, ToolCall
 
 
 def _float(value: float) -> float | str:
@@ -51,7 +50,11 @@ def generation_from_json(data: dict[str, Any]) -> Generation:
 
 
 def create_worker_app(runtime: Any) -> Any:
-    """The worker's ASGI app around a loaded runtime (one generation at a time, in a thread)."""
+    """The worker's ASGI app (one generation at a time, in a thread).
+
+    `runtime` is one loaded runtime, or a function from a specialist id to its runtime: a worker then hosts
+    several specialists, each made on its first request.
+    """
     import asyncio
 
     from starlette.applications import Starlette
@@ -69,10 +72,13 @@ def create_worker_app(runtime: Any) -> Any:
             return JSONResponse({"error": f"expected JSON with messages and tools ({exc})"}, status_code=400)
         async with lock:
             try:
+                chosen = runtime
+                if callable(runtime):
+                    chosen = await asyncio.to_thread(runtime, body.get("specialist"))
                 gen = await asyncio.to_thread(
-                    runtime.generate, messages, tools, body.get("stop_below"), body.get("tool")
+                    chosen.generate, messages, tools, body.get("stop_below"), body.get("tool")
                 )
-            except ValueError as exc:
+            except (ValueError, DownsizeError) as exc:
                 return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(generation_to_json(gen))
 
@@ -85,9 +91,10 @@ def create_worker_app(runtime: Any) -> Any:
 class RemoteRuntime:
     """A SpecialistRuntime served by a worker process over loopback HTTP."""
 
-    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 30.0, specialist: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self.specialist = specialist  # which of the worker's specialists (None: a one-specialist worker)
 
     def generate(
         self,
@@ -96,7 +103,13 @@ class RemoteRuntime:
         stop_below: float | None = None,
         tool: str | None = None,
     ) -> Generation:
-        payload = {"messages": messages, "tools": tools, "stop_below": stop_below, "tool": tool}
+        payload = {
+            "messages": messages,
+            "tools": tools,
+            "stop_below": stop_below,
+            "tool": tool,
+            "specialist": self.specialist,
+        }
         request = urllib.request.Request(
             f"{self.url}/generate",
             data=json.dumps(payload).encode(),
@@ -123,18 +136,19 @@ def _die_with_parent() -> None:
 
 
 def start_worker(
-    specialist: str, db: str | None, port: int, wait_s: float = 180.0, engine: str = "transformers"
+    specialists: list[str], db: str | None, port: int, wait_s: float = 180.0, engine: str = "auto"
 ) -> subprocess.Popen[bytes]:
-    """Start `downsize specialist-worker` as a child process and wait until it answers /health.
+    """Start `downsize specialist-worker` for these specialists as a child process; wait until it answers
+    /health (each specialist's model loads on its first request).
 
-    `engine` is the worker's runtime: transformers (reference) or llamacpp (GGUF + GGUF LoRA).
+    `engine`: transformers (reference), llamacpp (GGUF + GGUF LoRA), or auto (each specialist's own).
     """
     command = [
         sys.executable,
         "-m",
         "downsize.cli.main",
         "specialist-worker",
-        specialist,
+        *specialists,
         "--port",
         str(port),
         "--engine",

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from downsize.artifacts import MANIFEST_FILE, SpecialistManifest
 from downsize.config import models_dir
 from downsize.errors import ConfigError, TrainingError
 
@@ -72,7 +72,7 @@ OFFLINE_STUDENTS = {
     ),
 }
 
-MANIFEST = "downsize.json"  # written by training beside every specialist's weights
+MANIFEST = MANIFEST_FILE  # written by training beside every specialist's weights
 
 
 def _require_training_extras() -> None:
@@ -201,11 +201,10 @@ def load_student(student: str, load_in_4bit: bool = False) -> tuple[Any, Any]:
 def specialist_artifact(path: str | Path) -> str:
     """ "adapter" (LoRA/DoRA/QLoRA weights to apply to the student) or "model" (a whole fine-tuned model)."""
     folder = Path(path)
-    manifest = folder / MANIFEST
-    if manifest.is_file():
-        artifact = json.loads(manifest.read_text()).get("artifact")
+    if (folder / MANIFEST).is_file():
+        artifact = SpecialistManifest.load(folder).artifact
         if artifact in ("adapter", "model"):
-            return str(artifact)
+            return artifact
     if (folder / "adapter_config.json").is_file():  # adapters saved before the manifest said so
         return "adapter"
     if (folder / "config.json").is_file():

@@ -15,48 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from downsize.backends.decoding import Completion, TokenTexts, ToolCallRuntime, constrained_greedy
+from downsize.backends.student_prompt import build_prompt
 from downsize.backends.students import load_specialist_model
-from downsize.config import TrainConfig, resolve
-from downsize.copying import Copied, load_copied, options_line
-from downsize.errors import ConfigError
-from downsize.prompting import PromptBudget, chat_messages, prune_messages
-from downsize.types import Specialist
-
-FALLBACK_TEMPLATE = "{system}\n\n### Conversation\n{user}\n\n### Next tool call\n"
-
-
-def build_prompt(
-    tokenizer: Any, messages: list[dict[str, Any]], budget: PromptBudget, copied: Copied | None = None
-) -> str:
-    """The student's prompt text for a request's messages, in its chat template, pruned to budget.
-
-    With `copied` (parameters copied from the conversation), a last line lists their candidate values
-    (`copying.options_line`), within the same token budget.
-    """
-
-    def encode(text: str) -> list[int]:
-        return list(tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(ids: Any) -> str:
-        return str(tokenizer.decode(list(ids)))
-
-    line = options_line(messages, copied) if copied else ""
-    if line:
-        line = "options " + line
-        spent = min(len(encode(line)), budget.max_prompt_tokens // 3)
-        line = decode(encode(line)[:spent])
-        budget = PromptBudget(budget.max_prompt_tokens - spent, budget.max_message_tokens)
-    conversation = prune_messages(messages, encode, decode, budget)
-    if line:
-        conversation = f"{conversation}\n{line}"
-    chat = chat_messages(conversation)
-    if getattr(tokenizer, "chat_template", None):
-        return str(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
-    return FALLBACK_TEMPLATE.format(system=chat[0]["content"], user=chat[1]["content"])
-
-
-def end_of_turn(tokenizer: Any) -> str:
-    return str(tokenizer.eos_token or "")
+from downsize.prompting import PromptBudget
 
 
 class _TorchScores:
@@ -179,61 +140,3 @@ class TransformersRuntime(ToolCallRuntime):
             top_k=self.top_k,
             stop_below=stop_below,
         )
-
-
-ENGINES = ("auto", "transformers", "llamacpp")
-
-
-def resolve_engine(engine: str, specialist: Specialist) -> str:
-    """`auto`: the engine the specialist's threshold was calibrated on (`downsize eval` records it); else
-    llama.cpp (1.8x faster per call on 2 cores, docs/log.md) when it is installed and the specialist is an
-    adapter on a GGUF student; else the transformers reference path."""
-    if engine not in ENGINES:
-        raise ConfigError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
-    if engine != "auto":
-        return engine
-    evaluated = specialist.metrics.get("eval")
-    if evaluated:  # evaluations before the engine was recorded ran `downsize eval`, on transformers
-        calibrated = evaluated.get("engine") or "transformers"
-        if calibrated in ENGINES[1:]:
-            return str(calibrated)
-    import importlib.util
-
-    from downsize.backends.llamacpp_runtime import base_gguf
-    from downsize.backends.students import specialist_artifact
-
-    if importlib.util.find_spec("llama_cpp") is None:
-        return "transformers"
-    try:
-        base_gguf(specialist.base_model)
-    except ConfigError:
-        return "transformers"
-    adapter = specialist.adapter_path
-    return "llamacpp" if adapter is None or specialist_artifact(adapter) == "adapter" else "transformers"
-
-
-def runtime_for(
-    specialist: Specialist, max_new_tokens: int = 64, engine: str = "transformers"
-) -> ToolCallRuntime:
-    """The runtime of a stored specialist on an engine, with the prompt budget it was trained with.
-
-    `transformers` is the reference path (torch, the adapter merged); `llamacpp` serves the student's
-    shipped GGUF with the adapter converted to a GGUF LoRA (needs the `serve` extra); `auto` picks
-    llama.cpp where it can serve the specialist (`resolve_engine`).
-    """
-    engine = resolve_engine(engine, specialist)
-    train_cfg = resolve(TrainConfig, {k: v for k, v in specialist.config.items() if k != "task_tools"})
-    budget = PromptBudget(train_cfg.max_prompt_tokens, train_cfg.max_message_tokens)
-    runtime: ToolCallRuntime
-    if engine == "llamacpp":
-        from downsize.backends.llamacpp_runtime import LlamaCppRuntime
-
-        runtime = LlamaCppRuntime(
-            specialist.base_model, specialist.adapter_path, budget, max_new_tokens=max_new_tokens
-        )
-    else:
-        runtime = TransformersRuntime(
-            specialist.base_model, specialist.adapter_path, budget, max_new_tokens=max_new_tokens
-        )
-    runtime.copied, runtime.copied_in_prompt = load_copied(specialist.adapter_path)
-    return runtime

@@ -17,6 +17,11 @@ import click
     help="Masking: typed placeholders (<PERSON_1>) or realistic surrogates (default).",
 )
 @click.option(
+    "--pii-policy",
+    type=click.Choice(["default", "strict"]),
+    help="strict also masks ages and nationality/religious/political groups (HIPAA Safe Harbor style).",
+)
+@click.option(
     "--success-only/--any-outcome",
     default=None,
     help="Keep only workflows whose reported outcome is a success (default: any outcome).",

@@ -8,15 +8,15 @@ from typing import Any
 
 import click
 
-db_option = click.option(
-    "--db", envvar="DOWNSIZE_DB", help="SQLAlchemy URL of the store (default: $DOWNSIZE_HOME/downsize.db)."
-)
+from downsize.cli.options import config_option, db_option, json_option
 
 
 @click.command("discover")
 @click.option("--source", help="Only exchanges of this source (tau-airline, gateway, ...).")
 @click.option(
-    "--split", type=click.Choice(["dev", "test"]), help="Only this split (default: every exchange)."
+    "--split",
+    type=click.Choice(["dev", "test", "all"]),
+    help="Discover on this split (default dev: the test split's answers never shape the tasks or the assigner).",
 )
 @click.option(
     "--embedder",
@@ -32,10 +32,8 @@ db_option = click.option(
 @click.option("--n-clusters", type=int, help="k-means: clusters per signature (default sqrt(n/2)).")
 @click.option("--limit", type=int, help="Discover over at most this many exchanges (quick look).")
 @click.option("--no-map", is_flag=True, help="Do not write the 2-D map of the clusters.")
-@click.option(
-    "--config", "config_file", type=click.Path(path_type=Path), help="YAML file of DiscoverConfig settings."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the run's report as JSON.")
+@config_option("DiscoverConfig")
+@json_option("the run's report as JSON")
 @db_option
 def discover(config_file: Path | None, as_json: bool, db: str | None, no_map: bool, **flags: Any) -> None:
     """Group logged calls into recurring tasks, fit the task assigner, and record a discovery run.
@@ -72,37 +70,61 @@ def discover(config_file: Path | None, as_json: bool, db: str | None, no_map: bo
 @click.command("tasks")
 @click.option("--run", "run_id", type=int, help="Discovery run id (default: the newest finished run).")
 @click.option("--limit", type=int, default=30, show_default=True, help="Rows to show (0: all).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option()
 @db_option
 def tasks(run_id: int | None, limit: int, as_json: bool, db: str | None) -> None:
-    """List the tasks of a discovery run, most suitable first: label, volume, tokens, cost, kind, suitability."""
+    """List the tasks of a discovery run, most suitable first: label, volume, tokens, cost, kind, suitability,
+    and whether a specialist can be trained for it (with the reason when not)."""
+    from dataclasses import asdict
+
     from downsize.discover.runs import require_run, run_tasks
+    from downsize.discover.suitability import assess_tasks
     from downsize.store import Store
 
     store = Store.open(db)
     run_id = require_run(store, run_id)
     rows = run_tasks(store, run_id)
+    verdicts = {fit.task_key: fit for fit in assess_tasks(store, run_id)}
     if as_json:
         for row in rows:
             (row.get("details") or {}).pop("centroid", None)
+            fit = verdicts.get(row["task_key"])
+            row["specialist"] = asdict(fit) if fit else None
         click.echo(json.dumps(rows, indent=2, default=str))
         return
-    click.echo(f"discovery run {run_id}: {len(rows)} tasks")
-    click.echo(render_tasks(rows, limit=limit or None))
+    units = [f for f in verdicts.values() if f.task_key.startswith("tool:")]
+    suitable = [f.task_key for f in verdicts.values() if f.suitable]
+    click.echo(
+        f"discovery run {run_id}: {len(rows)} tasks; suitable for a specialist: "
+        f"{', '.join(suitable) if suitable else 'none'} (`downsize train --suitable` trains them)"
+    )
+    click.echo(render_tasks(rows, limit=limit or None, verdicts=verdicts))
+    if units:
+        click.echo("tool units (the tasks of one tool, trained as one specialist: `--task tool:NAME`):")
+        for f in units:
+            verdict = "yes" if f.suitable else f"no: {f.reason}"
+            click.echo(
+                f"  {f.task_key:<34} train {f.train:>5}  validation {f.validation:>4}  test {f.test:>4}  | {verdict}"
+            )
 
 
-def render_tasks(rows: list[dict[str, Any]], limit: int | None = None) -> str:
-    """Tasks as a fixed-width table, most suitable first."""
+def render_tasks(
+    rows: list[dict[str, Any]], limit: int | None = None, verdicts: dict[str, Any] | None = None
+) -> str:
+    """Tasks as a fixed-width table, most suitable first; with `verdicts`, whether a specialist fits and why."""
     rows = sorted(rows, key=lambda r: (-r["suitability"], -r["volume"], r["task_key"]))
-    lines = [
-        f"{'task':<5} {'kind':<9} {'calls':>6} {'tokens':>10} {'cost $':>9} {'regular':>7} {'suits':>5}  label"
-    ]
+    head = f"{'task':<5} {'kind':<9} {'calls':>6} {'tokens':>10} {'cost $':>9} {'regular':>7} {'suits':>5}  label"
+    lines = [head + (" | specialist?" if verdicts else "")]
     for r in rows[:limit]:
         label = r["label"] if len(r["label"]) <= 60 else r["label"][:59] + "…"
-        lines.append(
+        line = (
             f"{r['task_key']:<5} {r['output_kind']:<9} {r['volume']:>6} {r['tokens']:>10} {r['cost']:>9.3f} "
             f"{r['regularity']:>7.2f} {r['suitability']:>5.2f}  {label}"
         )
+        fit = (verdicts or {}).get(r["task_key"])
+        if fit is not None:
+            line = f"{line:<120} | " + ("yes" if fit.suitable else f"no: {fit.reason}")
+        lines.append(line)
     if limit is not None and len(rows) > limit:
         lines.append(f"... {len(rows) - limit} more (`downsize tasks --limit 0` shows all)")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""`downsize import openai-jsonl` and `downsize import llm-logs`: bring other tools' logs into the store.
+"""`downsize import openai-jsonl`, `llm-logs` and `cassettes`: bring other tools' logs into the store.
 
 Attached to the `import` group by `register(import_group)` in `cli/main.py`. Thin: parse, call the importer,
 print what it did.
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import click
 
-_db_option = click.option(
-    "--db", envvar="DOWNSIZE_DB", help="SQLAlchemy URL of the store (default: $DOWNSIZE_HOME/downsize.db)."
-)
+from downsize.cli.options import db_option, open_store
+from downsize.cli.splits import echo_splits
+from downsize.config import default_tau_airline
 
 
 def default_llm_logs() -> Path:
@@ -29,7 +29,7 @@ def default_llm_logs() -> Path:
     is_flag=True,
     help="Skip lines that are not valid records (counted and shown) instead of stopping at the first.",
 )
-@_db_option
+@db_option
 def openai_jsonl(paths: tuple[Path, ...], skip_invalid: bool, db: str | None) -> None:
     """Import OpenAI-format JSONL logs (`.jsonl` or `.jsonl.gz`), one call per line.
 
@@ -49,11 +49,12 @@ def openai_jsonl(paths: tuple[Path, ...], skip_invalid: bool, db: str | None) ->
         for problem in report.problems:
             click.echo(f"  skipped {problem}", err=True)
     click.echo(f"store: {store.count_exchanges(source='openai-jsonl')} openai-jsonl exchanges")
+    echo_splits(store, "openai-jsonl")
 
 
 @click.command("llm-logs")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
-@_db_option
+@db_option
 def llm_logs(path: Path | None, db: str | None) -> None:
     """Import simonw/llm's logs.db (default: llm's own, as `llm logs path` prints it).
 
@@ -67,9 +68,69 @@ def llm_logs(path: Path | None, db: str | None) -> None:
     read, added = import_llm_logs(store, source)
     click.echo(f"{source}: read {read} responses, added {added} new ({read - added} already stored)")
     click.echo(f"store: {store.count_exchanges(source='llm-logs')} llm-logs exchanges")
+    echo_splits(store, "llm-logs")
+
+
+@click.command("cassettes")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--agent", help="Agent name for the calls (default: the name of the folder imported).")
+@click.option("--source", default="cassettes", show_default=True, help="Source name stored with the calls.")
+@db_option
+def cassettes(paths: tuple[Path, ...], agent: str | None, source: str, db: str | None) -> None:
+    """Import the OpenAI chat completions recorded in VCR (vcrpy) YAML cassettes (folders or files).
+
+    One exchange per chat completion (streams reassembled); a cassette is a session. Other calls
+    (Anthropic, Gemini, Responses API, embeddings, telemetry, errors) are counted by reason, not imported.
+    Importing the same folder twice adds nothing.
+    """
+    from downsize.importers.cassettes import import_cassettes
+    from downsize.store import Store
+
+    store = Store.open(db)
+    report = import_cassettes(store, paths, agent=agent, source=source)
+    click.echo(
+        f"read {report.files} cassettes, {report.interactions} interactions: {report.read} chat completions "
+        f"({report.streamed} streamed), added {report.added} new ({report.already_stored} already stored)"
+    )
+    if report.kinds:
+        kinds = sorted(report.kinds.items(), key=lambda item: (-item[1], item[0]))
+        click.echo("by response kind: " + ", ".join(f"{kind} {n}" for kind, n in kinds))
+    if report.skipped:
+        click.echo(f"skipped {sum(report.skipped.values())} interactions:")
+        width = len(str(max(report.skipped.values())))
+        for reason, count in sorted(report.skipped.items(), key=lambda item: (-item[1], item[0])):
+            click.echo(f"  {count:>{width}}  {reason}")
+    for path, problem in report.bad_files:
+        click.echo(f"  bad cassette {path}: {problem}", err=True)
+    if report.bad_files:
+        click.echo(f"{len(report.bad_files)} files were not cassettes (named above)")
+    click.echo(f"store: {store.count_exchanges(source=source)} {source} exchanges")
+    echo_splits(store, source)
+
+
+@click.command("tau-airline")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@db_option
+def import_tau(path: Path | None, db: str | None) -> None:
+    """Import tau-bench airline trajectories (default: ../shared/data/tau-airline).
+
+    Every assistant message becomes one exchange; task ids 35-49 are the test split. Importing twice adds nothing.
+    """
+    from downsize.importers.tau_airline import import_tau_airline
+
+    store = open_store(db)
+    read, added = import_tau_airline(store, path or default_tau_airline())
+    click.echo(f"read {read} exchanges, added {added} new ({read - added} already stored)")
+    click.echo(
+        f"store: {store.count_exchanges(source='tau-airline')} tau-airline exchanges, "
+        f"{store.count_exchanges(source='tau-airline', response_kind='tool_call')} of them tool calls"
+    )
+    echo_splits(store, "tau-airline")
 
 
 def register(import_group: click.Group) -> None:
     """Attach the commands to `downsize import`."""
+    import_group.add_command(import_tau)
     import_group.add_command(openai_jsonl)
     import_group.add_command(llm_logs)
+    import_group.add_command(cassettes)

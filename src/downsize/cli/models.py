@@ -228,7 +228,9 @@ def _screen(
     memory_gb: float | None,
 ) -> None:
     from downsize.errors import ConfigError
-    from downsize.select.screen import estimate_prompt_tokens, screen_students, tau_cases
+    from downsize.select.cases import tau_cases
+    from downsize.select.prompts import estimate_prompt_tokens
+    from downsize.select.screen import screen_students
     from downsize.store import Store
 
     store = Store.open(db)

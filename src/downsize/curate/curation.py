@@ -319,6 +319,7 @@ def _write_kept(
     report.pii = {
         "masked": True,
         "mode": config.mode,
+        "policy": config.pii_policy,
         "conversations": len(last_of),
         "values_by_entity": dict(sorted(values.items())),
         "values": sum(values.values()),

@@ -27,22 +27,23 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from downsize.curate.config import DEFAULT_ENTITIES, CurateConfig
+from downsize.curate.cards import luhn_ok
+from downsize.curate.config import DEFAULT_ENTITIES, STRICT_ENTITIES, CurateConfig
 from downsize.curate.recognizers import (
     FIELD_LABEL,
     NAME_WORD,
     TITLES,
     NameFilter,
     build_analyzer,
-    luhn_ok,
     phone_ok,
 )
+from downsize.curate.secrets import SECRET_ENTITIES, SecretScanner
 from downsize.errors import ConfigError
 
 if TYPE_CHECKING:
     from presidio_analyzer import AnalyzerEngine
 
-SECRETS = frozenset({"API_KEY", "CLOUD_KEY", "BEARER_TOKEN", "PRIVATE_KEY", "PASSWORD"})
+SECRETS = frozenset(SECRET_ENTITIES)
 
 DEFAULT_KEY_RULES: dict[str, str] = {
     **dict.fromkeys(
@@ -262,8 +263,8 @@ class Conversation:
     def _detect(self) -> dict[tuple[str, str | None], list[Span]]:
         units = list(self._units)
         found = self.scrubber.detect_units(units)
-        if self.scrubber.propagate:
-            known = self._known_values(units, found)
+        if self.scrubber.propagate:  # only values that won where they were found ("03 2657" in an address no)
+            known = self._known_values(units, [_resolve(spans) for spans in found])
             if known:
                 for unit, spans in zip(units, found, strict=True):
                     spans.extend(_find_known(unit[0], known))
@@ -464,7 +465,15 @@ class Conversation:
         if entity == "PHONE_NUMBER":  # the country code stays: +44 remains a UK number
             country = re.match(r"\s*(?:\+|00)\d{1,3}", value)
             return _scramble(value, rng, letters=False, keep=country.end() if country else 0)
-        if entity in ("CARD_LAST4", "US_SSN", "US_BANK_NUMBER", "US_DRIVER_LICENSE"):
+        if entity in (
+            "CARD_LAST4",
+            "CARD_CVV",
+            "CARD_EXPIRY",
+            "AGE",
+            "US_SSN",
+            "US_BANK_NUMBER",
+            "US_DRIVER_LICENSE",
+        ):
             return _scramble(value, rng, letters=False)
         if entity in ("IBAN_CODE", "US_PASSPORT", "US_ITIN"):
             return _scramble(value, rng, keep=2 if entity == "IBAN_CODE" else 0)
@@ -502,7 +511,8 @@ def _merge_same(spans: list[Span]) -> list[Span]:
 def _resolve(spans: list[Span]) -> list[Span]:
     """Non-overlapping spans: same-entity overlaps merged, then the surest (then the longest) winning."""
     chosen: list[Span] = []
-    for s in sorted(_merge_same(spans), key=lambda s: (-s.score, -(s.end - s.start), s.start)):
+    order = lambda s: (-s.score, s.entity not in SECRETS, -(s.end - s.start), s.start)  # noqa: E731
+    for s in sorted(_merge_same(spans), key=order):
         if all(s.end <= c.start or s.start >= c.end for c in chosen):
             chosen.append(s)
     return sorted(chosen, key=lambda s: s.start)
@@ -521,6 +531,7 @@ class PiiScrubber:
         allow: Iterable[str] = (),
         propagate: bool = True,
         seed: int = 0,
+        ner: str = "sm",
     ) -> None:
         if mode not in ("placeholder", "surrogate"):
             raise ConfigError(f"mode must be placeholder or surrogate, not {mode!r}")
@@ -532,6 +543,7 @@ class PiiScrubber:
         self.allow = set(allow)
         self.propagate = propagate
         self.seed = seed
+        self.ner = ner
         self._analyzer: AnalyzerEngine | None = None
         self._names: NameFilter | None = None
         self._faker: Any = None
@@ -539,8 +551,9 @@ class PiiScrubber:
 
     @classmethod
     def from_config(cls, config: CurateConfig) -> PiiScrubber:
+        strict = STRICT_ENTITIES if config.pii_policy == "strict" else []
         return cls(
-            entities=config.pii_entities,
+            entities=[*config.pii_entities, *strict],
             mode=config.mode,
             min_score=config.pii_min_score,
             patterns=config.pii_patterns,
@@ -548,12 +561,13 @@ class PiiScrubber:
             allow=config.pii_allow,
             propagate=config.propagate,
             seed=config.seed,
+            ner=config.pii_ner,
         )
 
     @property
     def analyzer(self) -> AnalyzerEngine:
         if self._analyzer is None:
-            self._analyzer, self._names = build_analyzer(self.patterns)
+            self._analyzer, self._names = build_analyzer(self.patterns, ner=self.ner)
         return self._analyzer
 
     def share_analyzer(self, other: PiiScrubber) -> None:
@@ -628,7 +642,22 @@ class PiiScrubber:
                 out.append(None)
                 to_analyze.append(text)
         analyzed = iter(self.analyze(to_analyze))
-        return [spans if spans is not None else next(analyzed) for spans in out]
+        results = [spans if spans is not None else next(analyzed) for spans in out]
+        for (text, key), spans in zip(units, results, strict=True):
+            if key and not any(sp.source == "key" for sp in spans):
+                spans.extend(self._keyed_secrets(text, key))
+        return results
+
+    def _keyed_secrets(self, text: str, key: str) -> list[Span]:
+        """gitleaks' rules want `name = value`; a JSON value is scanned with its key put back in front."""
+        if not text.strip() or not SECRETS & self.entities:
+            return []
+        prefix = f'{key} = "'
+        return [
+            Span(f.start - len(prefix), f.end - len(prefix), f.entity, 0.95, "pattern", key)
+            for f in SecretScanner.gitleaks().scan(f'{prefix}{text}"')
+            if f.start >= len(prefix) and f.end <= len(prefix) + len(text) and f.entity in self.entities
+        ]
 
     def mask_conversation(
         self, key: str, exchanges: Sequence[tuple[dict[str, Any], dict[str, Any] | None]]

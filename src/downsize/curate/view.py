@@ -16,7 +16,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from downsize.errors import StoreError
 from downsize.store import Store, schema
 from downsize.store import runs as store_runs
-from downsize.types import Exchange
 
 _RUNS = schema.curation_runs
 _CURATED = schema.curated_exchanges
@@ -113,32 +112,3 @@ def _require_run(store: Store) -> int:
     if run_id is None:
         raise StoreError("no finished curation run in the store: run `downsize curate` first")
     return run_id
-
-
-def curated_training_exchanges(
-    store: Store, run_id: int | None = None, source: str | None = None
-) -> list[Exchange]:
-    """The kept, masked dev-split tool-call exchanges of a curation run (default: the newest), same ids.
-
-    The trainer's drop-in for `store.exchanges(split="dev", response_kind="tool_call")`: metadata comes
-    from the original row, request and response from the masked copy.
-    """
-    run_id = run_id if run_id is not None else _require_run(store)
-    kept = curated_rows(store, run_id, kept=True)  # merge-join: both sides in id order, nothing held twice
-    out = []
-    try:
-        current = next(kept, None)
-        for ex in store.exchanges(source=source, split="dev", response_kind="tool_call"):
-            while current is not None and ex.id is not None and current["exchange_id"] < ex.id:
-                current = next(kept, None)
-            if current is None:
-                break
-            if current["exchange_id"] != ex.id or ex.is_hci:
-                continue
-            if current["request"] is not None:
-                ex.request = current["request"]
-                ex.response = current["response"]
-            out.append(ex)
-    finally:
-        kept.close()
-    return out

@@ -13,6 +13,7 @@ import math
 import statistics
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ def prove_specialist(store: Store, specialist_id: int, engine: str = "auto") -> 
     discovered tasks (`downsize train --task`) routes through its task assigner here as it would in
     production. Returns the replay's figures (served share, agreement, fallbacks by reason, latency).
     """
-    from downsize.backends.transformers_runtime import runtime_for
+    from downsize.backends.engines import runtime_for
     from downsize.evaluate.tool_calls import evaluate_specialist
     from downsize.gateway.app import create_app
 
@@ -142,7 +143,7 @@ def prove_specialist(store: Store, specialist_id: int, engine: str = "auto") -> 
     engine = runtime.engine
     _say("evaluating on validation (calibration) and test tool calls")
     report = evaluate_specialist(store, specialist, EvalConfig(), runtime=runtime)
-    threshold = report["threshold"]
+    threshold = report.threshold
     specialist = store.specialist(specialist_id)  # with the threshold and metrics the evaluation stored
     # the product's own rule: live only through the promotion gate; otherwise shadow (log, never serve)
     gate_live = promotion_gate(specialist, "live")
@@ -163,13 +164,14 @@ def prove_specialist(store: Store, specialist_id: int, engine: str = "auto") -> 
         _say(f"threshold {threshold:.4f}; promotion: {status} ({gate_live.reason})")
     router = load_router(
         store,
-        str(specialist_id),
+        [str(specialist_id)],
         threshold=threshold if threshold is not None else math.inf,
         runtime_factory=lambda _sp: runtime,
     )
     assert router is not None
-    router.shadow = status == "shadow"
-    specialist = router.specialist
+    slot = router.slots[0]
+    slot.shadow = status == "shadow"
+    specialist = slot.specialist
 
     run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     upstream_app = create_recorded_upstream(recordings(store))
@@ -235,25 +237,25 @@ def prove_specialist(store: Store, specialist_id: int, engine: str = "auto") -> 
             "id": specialist.id,
             "student": specialist.base_model,
             "adapter": specialist.adapter_path,
-            "tasks": sorted(router.tasks),
+            "tasks": sorted(slot.scope.tasks),
         },
-        "eval_test_tool_calls": {k: v for k, v in report["test_tool_calls"].items() if k != "curve"},
-        "validation_at_threshold": report["validation"]["at_threshold"],
-        "test_curve": report["test_tool_calls"]["curve"],
-        "eval_test_at_threshold": report["test"]["at_threshold"],  # every test call, offline
+        "eval_test_tool_calls": {k: v for k, v in asdict(report.test_tool_calls).items() if k != "curve"},
+        "validation_at_threshold": asdict(report.validation.at_threshold),
+        "test_curve": report.test_tool_calls.curve,
+        "eval_test_at_threshold": asdict(report.test.at_threshold),  # every test call, offline
         "by_target": [
             {
-                "target": r["target"],
-                "threshold": r["threshold"],
-                **{f"test_{k}": v for k, v in r["test"].items()},
+                "target": r.target,
+                "threshold": r.threshold,
+                **{f"test_{k}": v for k, v in asdict(r.test).items()},
             }
-            for r in report["by_target"]
+            for r in report.by_target
         ],
         "copied_arguments": runtime.copied,
         "engine": engine,
         "run_id": run_id,
     }
-    if router.tasks:
+    if slot.scope.tasks:
         summary["tool_calls_in_tasks"] = in_tasks  # the assigner sent these to the specialist's tasks
     return summary
 

@@ -25,7 +25,9 @@ class DiscoverConfig:
     """
 
     source: str | None = None  # only exchanges of this source (tau-airline, gateway, ...)
-    split: str | None = None  # only this split (dev | test); default: every exchange
+    # only this split: dev (default: the test split's answers must not shape the tasks or the assigner that
+    # scopes evaluation), test, or all
+    split: str | None = "dev"
     response_kinds: list[str] = field(default_factory=lambda: list(KINDS))  # errors and empties never
     limit: int | None = None  # at most this many exchanges (quick looks)
     # -- the signature ------------------------------------------------------------------------------

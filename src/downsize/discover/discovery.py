@@ -88,7 +88,8 @@ def read_calls(store: Store, config: DiscoverConfig, templates: TemplateIndex) -
     """The exchanges discovery groups: the configured source, split and response kinds."""
     calls: list[Call] = []
     kinds = set(config.response_kinds)
-    for ex in store.exchanges(source=config.source, split=config.split):
+    split = None if config.split in (None, "all") else config.split
+    for ex in store.exchanges(source=config.source, split=split):
         if ex.response_kind not in kinds or ex.id is None:
             continue
         prompt, completion = _tokens(ex)

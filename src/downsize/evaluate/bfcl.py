@@ -22,7 +22,7 @@ from typing import Any
 from downsize.config import home
 from downsize.errors import ConfigError
 from downsize.evaluate.ast_match import AstResult, ast_match, find_description
-from downsize.select.screen import CallCase
+from downsize.select.cases import CallCase
 from downsize.types import ToolCall
 
 BFCL_VERSION = "2026.3.23"

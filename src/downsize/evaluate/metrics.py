@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from downsize.artifacts import AtThreshold, TargetRow
 from downsize.types import ToolCall
 
 
@@ -83,7 +84,7 @@ def calibrate(items: Sequence[Scored], target: float, min_served: int = 10) -> f
     return best
 
 
-def at_threshold(items: Sequence[Scored], threshold: float | None) -> dict[str, float | int]:
+def at_threshold(items: Sequence[Scored], threshold: float | None) -> AtThreshold:
     """What serving at a threshold gives: served, share of the teacher's tool calls, agreement and its bound."""
     tool_calls = sum(1 for s in items if s.teacher_called)
     if threshold is None:
@@ -91,15 +92,15 @@ def at_threshold(items: Sequence[Scored], threshold: float | None) -> dict[str, 
     else:
         chosen = [s for s in items if s.valid and s.confidence >= threshold]
         served, agreed = len(chosen), sum(s.agrees for s in chosen)
-    return {
-        "calls": len(items),
-        "tool_calls": tool_calls,
-        "served": served,
-        "agreed": agreed,
-        "served_share": served / tool_calls if tool_calls else 0.0,
-        "agreement": agreed / served if served else 0.0,
-        "agreement_lower95": wilson_lower(agreed, served),
-    }
+    return AtThreshold(
+        calls=len(items),
+        tool_calls=tool_calls,
+        served=served,
+        agreed=agreed,
+        served_share=served / tool_calls if tool_calls else 0.0,
+        agreement=agreed / served if served else 0.0,
+        agreement_lower95=wilson_lower(agreed, served),
+    )
 
 
 TARGETS = (0.80, 0.85, 0.90, 0.95)
@@ -107,21 +108,16 @@ TARGETS = (0.80, 0.85, 0.90, 0.95)
 
 def by_target(
     validation: Sequence[Scored], test: Sequence[Scored], targets: Sequence[float] = TARGETS
-) -> list[dict[str, object]]:
+) -> list[TargetRow]:
     """For each target agreement: the threshold calibrated on validation, and what it serves on test.
 
     What a user gets by choosing a laxer target than the default, measured the honest way (the threshold
     never sees the test calls).
     """
-    rows: list[dict[str, object]] = []
+    rows = []
     for target in sorted(set(targets)):
         threshold = calibrate(validation, target)
         rows.append(
-            {
-                "target": target,
-                "threshold": threshold,
-                "validation": at_threshold(validation, threshold),
-                "test": at_threshold(test, threshold),
-            }
+            TargetRow(target, threshold, at_threshold(validation, threshold), at_threshold(test, threshold))
         )
     return rows

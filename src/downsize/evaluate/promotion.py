@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from downsize.artifacts import AtThreshold, EvalReport
 from downsize.types import Specialist
 
 ORDER = ("candidate", "shadow", "live")
@@ -27,13 +28,13 @@ def promotion_gate(
     specialist: Specialist, to: str, target_lower95: float = 0.90, min_served: int = 20
 ) -> GateResult:
     """Whether `specialist` may move to status `to`, and why (the message names what to do next)."""
-    evaluation = specialist.metrics.get("eval") or {}
-    at = (evaluation.get("validation") or {}).get("at_threshold") or {}
+    evaluation = EvalReport.of(specialist)
+    at = evaluation.validation.at_threshold if evaluation else AtThreshold()
     evidence = {
         "threshold": specialist.threshold,
-        "validation_served": at.get("served", 0),
-        "validation_agreement": at.get("agreement"),
-        "validation_agreement_lower95": at.get("agreement_lower95", 0.0),
+        "validation_served": at.served,
+        "validation_agreement": at.agreement if evaluation else None,
+        "validation_agreement_lower95": at.agreement_lower95,
         "target_lower95": target_lower95,
         "min_served": min_served,
     }
@@ -50,13 +51,13 @@ def promotion_gate(
     if specialist.threshold is None:
         return GateResult(
             False,
-            f"no confidence threshold reached {evaluation.get('target_agreement', 0.95):.0%} agreement on validation, "
+            f"no confidence threshold reached {evaluation.target_agreement:.0%} agreement on validation, "
             "so the specialist would serve nothing: train longer or on more data, then `downsize eval` again",
             evidence,
         )
     if to == "shadow":
         return GateResult(True, "calibrated: it may run in shadow beside the LLM", evidence)
-    served, lower = evidence["validation_served"], evidence["validation_agreement_lower95"]
+    served, lower = at.served, at.agreement_lower95
     if served < min_served or lower < target_lower95:
         return GateResult(
             False,

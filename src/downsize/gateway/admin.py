@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from downsize.artifacts import specialist_summary
 from downsize.config import GatewayConfig
 from downsize.errors import InvalidRequestError, StoreError
 from downsize.gateway.auth import CALL_MODELS, MANAGE, READ_LOGS, Authorizer, OriginHasher
@@ -58,7 +59,7 @@ class AdminEndpoints:
             {
                 "status": "ok",
                 "queue_depth": self.writer.depth,
-                "specialist": self.router.specialist.name if self.router is not None else None,
+                "specialists": [sp.name for sp in self.router.specialists] if self.router is not None else [],
                 "capture_mode": self.config.capture_mode,
                 "written": self.writer.written,
                 "write_failures": self.writer.failed,
@@ -121,11 +122,19 @@ class AdminEndpoints:
             rows = await asyncio.to_thread(self.store.specialists)
         except StoreError as exc:
             return error_response(500, str(exc), type_="server_error", code="store_error")
-        live = self.router.specialist.id if self.router is not None else None
+        slots = {slot.specialist.id: slot for slot in self.router.slots} if self.router is not None else {}
         return JSONResponse(
             {
                 "object": "list",
-                "routing": live,
-                "data": [{**asdict(row), "routing": row.id == live} for row in rows],
+                "routing": sorted(slots),
+                "data": [
+                    {
+                        **specialist_summary(row),
+                        "routing": row.id in slots,
+                        "loaded": row.id in slots and slots[row.id].loaded,
+                        "mode": ("shadow" if slots[row.id].shadow else "live") if row.id in slots else None,
+                    }
+                    for row in rows
+                ],
             }
         )

@@ -52,7 +52,7 @@ from downsize.gateway.protocol import (
     read_body,
 )
 from downsize.gateway.writer import ExchangeWriter, Item
-from downsize.route.router import RouteOutcome
+from downsize.route.router import RouteOutcome, Slot
 from downsize.types import RouteDecision
 
 if TYPE_CHECKING:
@@ -164,10 +164,10 @@ class _Gateway:
         self.executor: ThreadPoolExecutor | None = None
         self._stuck: Future[RouteOutcome] | None = None  # a specialist call still running past its timeout
         self.local_models: list[dict[str, Any]] = []
-        if router is not None:
+        for specialist in router.specialists if router is not None else []:
             self.local_models.append(
                 {
-                    "id": f"downsize/{router.specialist.name}",
+                    "id": f"downsize/{specialist.name}",
                     "object": "model",
                     "created": int(time.time()),
                     "owned_by": "downsize",
@@ -218,8 +218,9 @@ class _Gateway:
         decision: RouteDecision | None = None
         specialist_id: int | None = None
         router = self.router
-        if router is not None and router.applies(payload) is None:
-            outcome = await self._route(router, payload, head.meta)
+        dispatched = self._dispatch(router, payload, head.meta) if router is not None else (None, None)
+        if router is not None and dispatched[0] is not None:
+            outcome = await self._route(router, payload, head.meta, dispatched)
             if outcome is not None:
                 decision, specialist_id = outcome.decision, outcome.specialist_id
                 if decision is not None and decision.served and outcome.response is not None:
@@ -243,19 +244,34 @@ class _Gateway:
             return await self._forward_stream(body, head, capture)
         return await self._forward(body, head, capture)
 
+    @staticmethod
+    def _dispatch(
+        router: Router, payload: dict[str, Any], meta: dict[str, str]
+    ) -> tuple[Slot | None, str | None]:
+        """Which specialist answers the request (a millisecond: call site, then the task assigner)."""
+        try:
+            return router.slot_for(payload, meta.get("agent"), meta.get("task_hint"))
+        except Exception:  # a dispatch bug must not fail the agent's call: log it and go upstream
+            logger.exception("the router could not dispatch the request; forwarding it upstream")
+            return None, None
+
     async def _route(
-        self, router: Router, payload: dict[str, Any], meta: dict[str, str] | None = None
+        self,
+        router: Router,
+        payload: dict[str, Any],
+        meta: dict[str, str] | None,
+        dispatched: tuple[Slot | None, str | None],
     ) -> RouteOutcome | None:
         """The router's answer within `specialist_timeout_s`; past it (or while a timed-out call still
         runs), a `specialist_timeout` fallback. None when the router itself failed."""
         stuck = self._stuck
         if stuck is not None:
             if not stuck.done():
-                return self._timed_out(router, 0.0)
+                return self._timed_out(dispatched[0], 0.0)
             self._stuck = None
         meta = meta or {}
         future = self.router_executor().submit(
-            router.route, payload, meta.get("agent"), meta.get("task_hint")
+            router.route, payload, meta.get("agent"), meta.get("task_hint"), dispatched
         )
         try:
             if self.specialist_timeout_s is None:
@@ -268,22 +284,23 @@ class _Gateway:
                 "the specialist did not answer within %s s; forwarding upstream", self.specialist_timeout_s
             )
             return self._timed_out(
-                router, self.specialist_timeout_s * 1000 if self.specialist_timeout_s else 0
+                dispatched[0], self.specialist_timeout_s * 1000 if self.specialist_timeout_s else 0
             )
         except Exception:  # a router bug must not fail the agent's call: log it and go upstream
             logger.exception("the router failed; forwarding the request upstream")
             return None
 
     @staticmethod
-    def _timed_out(router: Router, waited_ms: float) -> RouteOutcome:
+    def _timed_out(slot: Slot | None, waited_ms: float) -> RouteOutcome:
+        assert slot is not None
         decision = RouteDecision(
             served=False,
             reason="specialist_timeout",
-            specialist=str(router.specialist.id),
-            threshold=router.threshold,
+            specialist=str(slot.specialist.id),
+            threshold=slot.decider.threshold,
             latency_ms=waited_ms,
         )
-        return RouteOutcome(decision=decision, specialist_id=router.specialist.id)
+        return RouteOutcome(decision=decision, specialist_id=slot.specialist.id)
 
     async def _upstream_failed(self, exc: UpstreamError, capture: Capture) -> JSONResponse:
         if isinstance(exc, UpstreamTimeoutError):

@@ -1,58 +1,76 @@
-"""Build the router for the gateway from the store: the live specialist (or a named one) and its runtime."""
+"""Build the gateway's router from the store: every live specialist (or the named ones), one slot each."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from downsize.decide.decision import Decider, scope_of
+from downsize.decide.gate import TaskGate
 from downsize.errors import NoSpecialistError
-from downsize.route.gate import TaskGate
-from downsize.route.router import Router, SpecialistRuntime
+from downsize.route.router import Router, Slot
 from downsize.store import Store
-from downsize.types import Specialist
+from downsize.types import Specialist, SpecialistRuntime
+
+
+def routed_specialists(store: Store, names: Sequence[str] = ()) -> list[Specialist]:
+    """The named specialists; else every live one, and every shadow one whose scope no live one covers.
+
+    Of several versions with the same scope (agent, tool set, tasks), the newest wins. Task specialists come
+    before whole-call-site ones, so a request of a trained task reaches its own specialist first.
+    """
+    if names:
+        return [store.specialist(name) for name in names]
+    chosen: dict[tuple[object, ...], Specialist] = {}
+    for status in ("live", "shadow"):
+        for sp in sorted(store.specialists(status=status), key=lambda s: -(s.id or 0)):
+            key = _scope_key(sp)
+            if key not in chosen:
+                chosen[key] = sp
+    return sorted(chosen.values(), key=lambda s: (not s.config.get("tasks"), -(s.id or 0)))
+
+
+def _scope_key(sp: Specialist) -> tuple[object, ...]:
+    config = sp.config
+    return (
+        config.get("agent"),
+        tuple(sorted(config.get("task_tools") or [])),
+        tuple(sorted(config.get("tasks") or [])),
+    )
 
 
 def load_router(
     store: Store,
-    specialist: str | None = None,
+    specialists: Sequence[str] = (),
     threshold: float | None = None,
     runtime_factory: Callable[[Specialist], SpecialistRuntime] | None = None,
 ) -> Router | None:
-    """A Router for the named specialist, else the live one, else the shadow one; None (log only) when none.
-
-    A specialist in shadow status decides and logs every request but never serves. `runtime_factory` makes
-    the runtime (the gateway passes one that starts a worker process); the default loads it in-process.
+    """A Router over the named specialists, else every live one (and shadow ones, which only log); None
+    (log only) when there are none. Each slot's runtime is made on its first request by `runtime_factory`
+    (the gateway's starts the specialist in a worker process; the default loads it in-process).
     """
-    if specialist is not None:
-        sp = store.specialist(specialist)
-    else:
-        candidates = store.specialists(status="live") or store.specialists(status="shadow")
-        if not candidates:
-            return None
-        sp = candidates[-1]
-    chosen = threshold if threshold is not None else sp.threshold
-    if chosen is None:
-        raise NoSpecialistError(
-            f"specialist {sp.name} (id {sp.id}) has no calibrated threshold: run `downsize eval {sp.id}`, "
-            "or pass --threshold"
-        )
+    chosen = routed_specialists(store, specialists)
+    if not chosen:
+        return None
     if runtime_factory is None:
-        from downsize.backends.transformers_runtime import runtime_for
+        from downsize.backends.engines import runtime_for
 
         runtime_factory = runtime_for
-    runtime = runtime_factory(sp)
-    tasks = frozenset(sp.config.get("tasks") or [])
-    assigner = None
-    if tasks:
-        from downsize.discover.discovery import load_assigner
-
-        assigner = load_assigner(store, sp.config.get("discovery_run"))
-    return Router(
-        specialist=sp,
-        runtime=runtime,
-        threshold=chosen,
-        task_tools=frozenset(sp.config.get("task_tools", [])),
-        gate=TaskGate.load(sp.adapter_path),
-        shadow=sp.status == "shadow",
-        assigner=assigner,
-        tasks=tasks,
-    )
+    factory = runtime_factory
+    slots = []
+    for sp in chosen:
+        value = threshold if threshold is not None else sp.threshold
+        if value is None:
+            raise NoSpecialistError(
+                f"specialist {sp.name} (id {sp.id}) has no calibrated threshold: run `downsize eval {sp.id}`, "
+                "or pass --threshold"
+            )
+        slots.append(
+            Slot(
+                specialist=sp,
+                scope=scope_of(store, sp),
+                decider=Decider(gate=TaskGate.load(sp.adapter_path), threshold=value),
+                make_runtime=lambda sp=sp: factory(sp),  # type: ignore[misc]
+                shadow=sp.status == "shadow",
+            )
+        )
+    return Router(slots)

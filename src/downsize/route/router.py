@@ -1,53 +1,27 @@
-"""The router: one confidence score, one calibrated threshold, strict validation, fallback otherwise.
+"""The router: maps each request to its agent's task and that task's specialist, runs the one decision
+function (`decide.decision`), and serves the specialist's answer or falls back upstream with the reason.
 
-For a request the live specialist applies to (same tool set as the task it was trained on), the
-specialist generates one tool call under a grammar (a known tool name, then a JSON object), the call
-is validated against that tool's JSON schema, and it is served only when its confidence (the lowest
-token log-probability of the generated call) clears the threshold calibrated on held-out calls.
-Anything else is forwarded upstream, and the reason is recorded.
+A gateway holds many specialists (`Slot`s), one per task (or call site) of each agent, each with its own
+threshold, gate and engine; a slot's runtime is made on its first request (lazily), so a gateway with ten
+specialists starts as fast as one with none. A request no slot's call site matches goes upstream (route
+`upstream`); one that matches a call site but no live task of it falls back with `other_task:<key>` or
+`novel_task:<why>`.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from downsize.discover.assign import TaskAssigner
-from downsize.prompting import TEXT_REPLY
-from downsize.route.gate import TaskGate
-from downsize.route.validate import validate_call
-from downsize.shapes import completion, tool_names
-from downsize.types import RouteDecision, Specialist, ToolCall
-
-
-@dataclass
-class Generation:
-    """What a specialist runtime produced for one request."""
-
-    text: str
-    call: ToolCall | None  # parsed call when the text parsed, else None
-    min_logprob: float  # lowest log-probability of any generated token (-inf when aborted early)
-    mean_logprob: float
-    tokens: int
-    stopped_early: bool = False  # generation was cut because confidence fell below the floor
-
-
-class SpecialistRuntime(Protocol):
-    """Generates one tool call for a chat request (transformers today; llama.cpp or vLLM later).
-
-    With `tool` given, the tool is fixed (the task gate chose it) and only its arguments are generated.
-    """
-
-    def generate(
-        self,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]],
-        stop_below: float | None = None,
-        tool: str | None = None,
-    ) -> Generation: ...
+from downsize.decide.decision import Decider, Decision, Plan, Scope
+from downsize.decide.gate import TaskGate
+from downsize.shapes import completion
+from downsize.types import RouteDecision, Specialist, SpecialistRuntime
 
 
 @dataclass
@@ -60,104 +34,132 @@ class RouteOutcome:
 
 
 @dataclass
-class Router:
-    """Routes requests to one live specialist when it applies and is confident; otherwise upstream."""
+class Slot:
+    """One live (or shadow) specialist in the gateway: what it answers, how it decides, its runtime."""
 
     specialist: Specialist
-    runtime: SpecialistRuntime
-    threshold: float
-    task_tools: frozenset[str] = field(default_factory=frozenset)
-    gate: TaskGate | None = None  # decides text-or-which-tool before the student fills the arguments
-    shadow: bool = False  # run beside the LLM: decide and log, but never serve
-    assigner: TaskAssigner | None = None  # maps a request to a discovered task (or none: novel)
-    tasks: frozenset[str] = field(default_factory=frozenset)  # the discovered tasks the specialist serves
+    scope: Scope
+    decider: Decider
+    make_runtime: Callable[[], SpecialistRuntime]
+    shadow: bool = False  # decide and log, never serve
+    _runtime: SpecialistRuntime | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def covers(
+    @property
+    def threshold(self) -> float:
+        return self.decider.threshold if self.decider.threshold is not None else float("-inf")
+
+    @property
+    def loaded(self) -> bool:
+        return self._runtime is not None
+
+    @property
+    def runtime(self) -> SpecialistRuntime:
+        """The specialist's runtime, made on first use (loading a model takes seconds: only when needed)."""
+        if self._runtime is None:
+            with self._lock:
+                if self._runtime is None:
+                    self._runtime = self.make_runtime()
+        return self._runtime
+
+
+@dataclass
+class Router:
+    """Routes each request to the specialist of its task when one is live and confident; otherwise upstream."""
+
+    slots: list[Slot] = field(default_factory=list)
+
+    @classmethod
+    def single(
+        cls,
+        specialist: Specialist,
+        runtime: SpecialistRuntime,
+        threshold: float,
+        task_tools: frozenset[str] = frozenset(),
+        gate: TaskGate | None = None,
+        shadow: bool = False,
+        assigner: Any = None,
+        tasks: frozenset[str] = frozenset(),
+    ) -> Router:
+        """A router of one specialist whose runtime is already made (tests, the demo, benchmarks)."""
+        slot = Slot(
+            specialist=specialist,
+            scope=Scope(task_tools=task_tools, tasks=tasks, assigner=assigner),
+            decider=Decider(gate=gate, threshold=threshold),
+            make_runtime=lambda: runtime,
+            shadow=shadow,
+        )
+        slot._runtime = runtime
+        return cls([slot])
+
+    @property
+    def specialists(self) -> list[Specialist]:
+        return [slot.specialist for slot in self.slots]
+
+    def slot_for(
         self, request: dict[str, Any], agent: str | None = None, task_hint: str | None = None
-    ) -> str | None:
-        """None when the request falls in one of the specialist's discovered tasks, else why not."""
-        if self.assigner is None or not self.tasks:
-            return None
-        assignment = self.assigner.assign(request, agent, task_hint)
-        if assignment.task is None:
-            return f"novel_task:{assignment.reason}"
-        return None if assignment.task in self.tasks else f"other_task:{assignment.task}"
-
-    def applies(self, request: dict[str, Any]) -> str | None:
-        """None when the specialist may answer this request, else the reason it may not."""
-        names = frozenset(tool_names(request))
-        if not names:
-            return "no_tools"
-        if self.task_tools and names != self.task_tools:
-            return "other_task"
-        if request.get("tool_choice") == "none":
-            return "tool_choice_none"
-        if (request.get("n") or 1) != 1:
-            return "n_not_1"
-        return None
+    ) -> tuple[Slot | None, str | None]:
+        """The slot that answers a request, or (the nearest slot, why it does not), or (None, None) when no
+        specialist's call site matches (the request is none of theirs: plain upstream)."""
+        nearest: tuple[Slot | None, str | None] = (None, None)
+        for slot in self.slots:
+            if slot.scope.agent is not None and agent is not None and slot.scope.agent != agent:
+                continue
+            if slot.scope.call_site(request) is not None:
+                continue
+            why = slot.scope.task(request, agent, task_hint)
+            if why is None:
+                return slot, None
+            if nearest[0] is None:
+                nearest = (slot, why)
+        return nearest
 
     def route(
-        self, request: dict[str, Any], agent: str | None = None, task_hint: str | None = None
+        self,
+        request: dict[str, Any],
+        agent: str | None = None,
+        task_hint: str | None = None,
+        dispatched: tuple[Slot | None, str | None] | None = None,
     ) -> RouteOutcome:
-        not_applicable = self.applies(request)
-        if not_applicable is not None:
-            return RouteOutcome(decision=None)
+        """Decide one request (`dispatched`: `slot_for`'s answer when the caller already asked it)."""
         started = time.perf_counter()
+        slot, why = dispatched if dispatched is not None else self.slot_for(request, agent, task_hint)
+        if slot is None:
+            return RouteOutcome(decision=None)
+        specialist = slot.specialist
         decision = RouteDecision(
-            served=False, reason="", specialist=str(self.specialist.id), threshold=self.threshold
+            served=False, reason="", specialist=str(specialist.id), threshold=slot.decider.threshold
         )
-        uncovered = self.covers(request, agent, task_hint)
-        if uncovered is not None:
-            decision.reason = uncovered[:64]
+
+        def finish(reason: str, verdict: Decision | None = None) -> RouteOutcome:
+            decision.reason = reason[:64]
+            if verdict is not None:
+                decision.confidence = verdict.confidence
+                decision.candidate = verdict.candidate
             decision.latency_ms = (time.perf_counter() - started) * 1000
-            return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
-        tool = None
-        gate_logp = 0.0
-        if self.gate is not None:
-            gated = self.gate.decide(request["messages"])
-            gate_logp = gated.log_probability
-            decision.confidence = gate_logp
-            decision.candidate = f"gate: {gated.label} p={gated.probability:.3f}"
-            if gated.label == TEXT_REPLY or gate_logp < self.threshold:
-                decision.reason = "gate_text" if gated.label == TEXT_REPLY else "low_confidence"
-                decision.latency_ms = (time.perf_counter() - started) * 1000
-                return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
-            if gated.label not in tool_names(request):
-                decision.reason = "invalid_output:unknown_tool"
-                decision.latency_ms = (time.perf_counter() - started) * 1000
-                return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
-            tool = gated.label
+            return RouteOutcome(decision=decision, specialist_id=specialist.id)
+
+        if why is not None:
+            return finish(why)
+        step = slot.decider.before(request)
+        if isinstance(step, Decision):
+            return finish(step.reason, step)
+        plan: Plan = step
         try:
-            gen = self.runtime.generate(
-                request["messages"], request["tools"], stop_below=self.threshold, tool=tool
+            gen = slot.runtime.generate(
+                request["messages"], request["tools"], stop_below=slot.decider.threshold, tool=plan.tool
             )
         except Exception as exc:  # any runtime failure must fall back, never fail the agent's call
-            decision.reason = "specialist_error"
             decision.candidate = f"{type(exc).__name__}: {exc}"[:500]
-            decision.latency_ms = (time.perf_counter() - started) * 1000
-            return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
-        decision.latency_ms = (time.perf_counter() - started) * 1000
-        decision.confidence = min(gen.min_logprob, gate_logp)
-        decision.candidate = gen.text[:2000]
-        if gen.stopped_early:
-            decision.reason = "low_confidence"
-            return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
-        problem = validate_call(gen.call, request["tools"]) if gen.call else "incomplete"
-        if problem is None and decision.confidence < self.threshold:
-            decision.reason = "low_confidence"
-            return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
-        if problem:
-            decision.reason = "invalid_output:" + problem.split(":", 1)[0]
-            decision.candidate = f"{gen.text[:1500]} [{problem}]"
-            return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
-        assert gen.call is not None
-        if self.shadow:
-            decision.reason = (
-                "shadow"  # would have served: the stored candidate is compared with the LLM's answer
-            )
-            return RouteOutcome(decision=decision, specialist_id=self.specialist.id)
+            return finish("specialist_error")
+        verdict = slot.decider.after(request, plan, gen)
+        if not verdict.accepted:
+            return finish(verdict.reason, verdict)
+        if slot.shadow:  # would have served: the stored candidate is compared with the LLM's answer
+            return finish("shadow", verdict)
+        outcome = finish("served", verdict)
         decision.served = True
-        decision.reason = "served"
+        assert verdict.call is not None
         message = {
             "role": "assistant",
             "content": None,
@@ -166,18 +168,19 @@ class Router:
                     "id": f"call_ds_{uuid.uuid4().hex[:20]}",
                     "type": "function",
                     "function": {
-                        "name": gen.call.name,
-                        "arguments": json.dumps(gen.call.arguments, ensure_ascii=False),
+                        "name": verdict.call.name,
+                        "arguments": json.dumps(verdict.call.arguments, ensure_ascii=False),
                     },
                 }
             ],
         }
         response = completion(
             message,
-            f"downsize/{self.specialist.name}",
+            f"downsize/{specialist.name}",
             int(time.time()),
             f"chatcmpl-ds-{uuid.uuid4().hex[:24]}",
         )
         response["usage"] = {"prompt_tokens": 0, "completion_tokens": gen.tokens, "total_tokens": gen.tokens}
-        response["system_fingerprint"] = f"downsize-specialist-{self.specialist.id}"
-        return RouteOutcome(decision=decision, response=response, specialist_id=self.specialist.id)
+        response["system_fingerprint"] = f"downsize-specialist-{specialist.id}"
+        outcome.response = response
+        return outcome

@@ -47,10 +47,22 @@ def m003_discovery(conn: Connection) -> None:
     schema.exchange_tasks.create(conn, checkfirst=True)
 
 
+def m004_workflows(conn: Connection) -> None:
+    """Every exchange's workflow and split rule. Old rows are filled in by `Store.assign_splits` on first
+    use (it reads the bodies, which may be encrypted: the migration cannot)."""
+    add_column_if_missing(conn, "exchanges", "workflow", "VARCHAR(200)")
+    add_column_if_missing(conn, "exchanges", "split_rule", "VARCHAR(8)")
+    conn.execute(
+        text("UPDATE exchanges SET split_rule = 'source' WHERE split IS NOT NULL AND split_rule IS NULL")
+    )
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_exchanges_workflow ON exchanges (workflow)"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_curation", m002_curation),
     ("m003_discovery", m003_discovery),
+    ("m004_workflows", m004_workflows),
 ]
 
 

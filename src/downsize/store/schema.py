@@ -41,10 +41,13 @@ exchanges = Table(
     Column("cost_estimate", Float),
     Column("is_hci", Boolean),  # a text reply to a human, not a machine-facing call
     Column("outcome", Float),  # workflow outcome reported later (1.0 = success)
-    Column("split", String(8)),  # dev | test, when the source defines one
+    Column("split", String(8)),  # dev | test (splits.py)
+    Column("workflow", String(200)),  # the unit of the split: session's workflow, else conversation root
+    Column("split_rule", String(8)),  # source | hash | time: what placed the exchange in its split
 )
 Index("ix_exchanges_session", exchanges.c.session)
 Index("ix_exchanges_source_split", exchanges.c.source, exchanges.c.split)
+Index("ix_exchanges_workflow", exchanges.c.workflow)
 
 specialists = Table(
     "specialists",

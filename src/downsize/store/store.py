@@ -7,15 +7,18 @@ response bodies are encrypted at rest (`downsize.store.crypto`) and decrypted tr
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Engine, case, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from downsize.artifacts import from_home, home_relative
 from downsize.config import default_db_url
 from downsize.errors import NoSpecialistError, StoreError
+from downsize.splits import TEST_FRACTION, hash_split, workflow_key
 from downsize.store import schema
 from downsize.store.crypto import BodyCipher, is_envelope, require_key
 from downsize.store.migrations import migrate
@@ -105,9 +108,43 @@ class Store:
                 data[column] = self.cipher.decrypt(data[column], column)
         return Exchange(**data)
 
+    def _place(self, exchanges: list[Exchange]) -> list[Exchange]:
+        """Each exchange with its workflow and split (splits.py): the source's own split, else its stored
+        workflow's, else a hash of the workflow."""
+        placed = [replace(ex, workflow=workflow_key(ex)) for ex in exchanges]
+        unplaced = {ex.workflow for ex in placed if ex.split is None}
+        known = self.workflow_splits(unplaced) if unplaced else {}
+        for ex in placed:
+            if ex.split is not None:
+                ex.split_rule = ex.split_rule or "source"
+            elif ex.workflow in known:
+                ex.split, ex.split_rule = known[ex.workflow]  # type: ignore[assignment]
+            else:
+                ex.split, ex.split_rule = hash_split(ex.workflow or ""), "hash"  # type: ignore[assignment]
+        return placed
+
+    def workflow_splits(self, workflows: Iterable[str | None]) -> dict[str, tuple[str, str]]:
+        """The recorded (split, rule) of each of these workflows that is already stored."""
+        wanted = sorted({w for w in workflows if w})
+        found: dict[str, tuple[str, str]] = {}
+        t = schema.exchanges
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                q = (
+                    select(t.c.workflow, t.c.split, t.c.split_rule)
+                    .where(t.c.workflow.in_(wanted[start : start + 500]), t.c.split.is_not(None))
+                    .distinct()
+                )
+                for row in conn.execute(q):
+                    found[row.workflow] = (row.split, row.split_rule or "hash")
+        return found
+
     def add_exchanges(self, exchanges: Iterable[Exchange]) -> int:
-        """Insert exchanges; ones whose `source_key` is already stored are skipped. Returns rows added."""
-        rows = [self._row(ex) for ex in exchanges]
+        """Insert exchanges; ones whose `source_key` is already stored are skipped. Returns rows added.
+
+        Each gets its workflow and split here (`_place`), so every source, imported or captured, is split.
+        """
+        rows = [self._row(ex) for ex in self._place(list(exchanges))]
         if not rows:
             return 0
         stmt = insert(schema.exchanges)
@@ -153,7 +190,7 @@ class Store:
         """
         if not items:
             return []
-        rows = [self._row(exchange) for exchange, _, _ in items]
+        rows = [self._row(exchange) for exchange in self._place([ex for ex, _, _ in items])]
         try:
             with self.engine.begin() as conn:
                 if self._sqlite:
@@ -206,6 +243,83 @@ class Store:
             raise StoreError(f"cannot record the outcome of session {session!r}: {exc}") from exc
         return int(result.rowcount)
 
+    def assign_splits(self) -> int:
+        """Place exchanges stored before workflows were recorded (migration m004); returns how many."""
+        t = schema.exchanges
+        q = select(t).where(t.c.workflow.is_(None)).order_by(t.c.id)
+        with self.engine.connect() as conn:
+            pending = [self._exchange(row) for row in conn.execute(q).mappings()]
+        if not pending:
+            return 0
+        placed = self._place(pending)
+        try:
+            with self.engine.begin() as conn:
+                for ex in placed:
+                    conn.execute(
+                        update(t)
+                        .where(t.c.id == ex.id)
+                        .values(workflow=ex.workflow, split=ex.split, split_rule=ex.split_rule)
+                    )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record splits: {exc}") from exc
+        return len(placed)
+
+    def reassign_by_time(self, source: str, test_fraction: float = TEST_FRACTION) -> dict[str, int]:
+        """Re-cut a source so its newest workflows (by first call) are the test split (rule `time`).
+
+        A source's own split (rule `source`) is never changed. Returns the workflows now in each split.
+        """
+        if not 0 < test_fraction < 1:
+            raise StoreError(f"the test fraction must be between 0 and 1, not {test_fraction}")
+        self.assign_splits()
+        t = schema.exchanges
+        q = (
+            select(t.c.workflow, func.min(t.c.created_at).label("first"), func.min(t.c.id).label("first_id"))
+            .where(t.c.source == source, or_(t.c.split_rule.is_(None), t.c.split_rule != "source"))
+            .group_by(t.c.workflow)
+        )
+        with self.engine.connect() as conn:
+            flows = sorted(conn.execute(q), key=lambda r: (r.first, r.first_id))
+        if not flows:
+            own = self.count_exchanges(source=source)
+            raise StoreError(
+                f"source {source!r} has no exchanges to re-split"
+                + (" (its split is the source's own)" if own else ": see `downsize splits` for the sources")
+            )
+        cut = len(flows) - max(1, round(len(flows) * test_fraction))
+        newest = {r.workflow for r in flows[cut:]}
+        try:
+            with self.engine.begin() as conn:
+                base = update(t).where(
+                    t.c.source == source, or_(t.c.split_rule.is_(None), t.c.split_rule != "source")
+                )
+                conn.execute(base.values(split="dev", split_rule="time"))
+                for start in range(0, len(flows), 500):
+                    chunk = [r.workflow for r in flows[start : start + 500] if r.workflow in newest]
+                    if chunk:
+                        conn.execute(base.where(t.c.workflow.in_(chunk)).values(split="test"))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record splits: {exc}") from exc
+        return {"dev": cut, "test": len(flows) - cut}
+
+    def split_counts(self) -> list[dict[str, Any]]:
+        """Per source, split and rule: exchanges, tool calls and workflows."""
+        t = schema.exchanges
+        q = (
+            select(
+                t.c.source,
+                t.c.split,
+                t.c.split_rule,
+                func.count().label("exchanges"),
+                func.sum(case((t.c.response_kind == "tool_call", 1), else_=0)).label("tool_calls"),
+                func.count(func.distinct(t.c.workflow)).label("workflows"),
+            )
+            .group_by(t.c.source, t.c.split, t.c.split_rule)
+            .order_by(t.c.source, t.c.split)
+        )
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(q)]
+
     def recent_exchanges(self, limit: int = 20) -> list[Exchange]:
         """The newest exchanges first (bodies decrypted when the store has the key)."""
         q = select(schema.exchanges).order_by(schema.exchanges.c.id.desc()).limit(limit)
@@ -216,6 +330,7 @@ class Store:
         self,
         source: str | None = None,
         split: str | None = None,
+        agent: str | None = None,
         response_kind: str | None = None,
         is_hci: bool | None = None,
         limit: int | None = None,
@@ -225,6 +340,7 @@ class Store:
         for col, value in (
             ("source", source),
             ("split", split),
+            ("agent", agent),
             ("response_kind", response_kind),
             ("is_hci", is_hci),
         ):
@@ -259,7 +375,7 @@ class Store:
             "name": sp.name,
             "task": sp.task,
             "base_model": sp.base_model,
-            "adapter_path": sp.adapter_path,
+            "adapter_path": home_relative(sp.adapter_path) if sp.adapter_path else sp.adapter_path,
             "config": sp.config,
             "data_hash": sp.data_hash,
             "status": sp.status,
@@ -275,6 +391,7 @@ class Store:
     def _specialist(row: Any) -> Specialist:
         data = dict(row)
         data["metrics"] = data["metrics"] or {}
+        data["adapter_path"] = from_home(data["adapter_path"])  # stored relative to $DOWNSIZE_HOME
         return Specialist(**data)
 
     def specialists(self, status: str | None = None) -> list[Specialist]:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from downsize.backends.transformers_runtime import build_prompt, end_of_turn
+from downsize.backends.student_prompt import build_prompt, end_of_turn
+from downsize.calls import CallSelection, select_calls
 from downsize.config import TrainConfig
 from downsize.copying import Copied
+from downsize.errors import ConfigError
 from downsize.prompting import PromptBudget, render_target
-from downsize.shapes import response_message, tool_calls
-from downsize.splits import dev_role
+from downsize.shapes import response_message, tool_calls, tool_names
 from downsize.store import Store
 from downsize.types import Exchange
 
@@ -28,24 +30,42 @@ class Example:
         return len(self.prompt_ids) + len(self.target_ids)
 
 
-def training_exchanges(
-    store: Store, config: TrainConfig, role: str = "train", source: str | None = None
-) -> list[Exchange]:
-    """Dev-split, machine-facing tool-call exchanges in the given role (train or validation)."""
-    members = task_members(store, config) if config.tasks else None
-    if config.curated:
-        from downsize.curate.view import curated_training_exchanges
+def selection(
+    config: TrainConfig, role: str, kinds: tuple[str, ...] | None = ("tool_call",)
+) -> CallSelection:
+    """The calls a specialist's config names, in a split role: the one selection training, the gate, the
+    copied-argument rules and evaluation share."""
+    return CallSelection(
+        source=config.source,
+        agent=config.agent,
+        role=role,
+        kinds=kinds,
+        tasks=tuple(config.tasks),
+        discovery_run=config.discovery_run,
+        tool_set=frozenset(config.tools) if config.tools else None,
+        curated=config.curated,
+        validation_fraction=config.validation_fraction,
+    )
 
-        candidates = curated_training_exchanges(store, source=source)
-    else:
-        candidates = list(store.exchanges(source=source, split="dev", response_kind="tool_call"))
-    out = []
-    for ex in candidates:
-        if ex.is_hci or (members is not None and ex.id not in members):
-            continue
-        if dev_role(ex, config.validation_fraction) == role:
-            out.append(ex)
-    return out
+
+def training_exchanges(store: Store, config: TrainConfig, role: str = "train") -> list[Exchange]:
+    """The tool-call exchanges a config trains on (masked with `curated`), from one call site.
+
+    A specialist answers one call site (the tool set its requests offer). Without --task, a store holding
+    several call sites (several agents, or one agent with several tool sets) must be narrowed first.
+    """
+    chosen = select_calls(store, selection(config, role)).exchanges
+    sites = Counter(frozenset(tool_names(ex.request)) for ex in chosen)
+    if len(sites) > 1 and not config.tasks:
+        listed = "; ".join(
+            f"{n} calls offering {', '.join(sorted(tools))[:80]}" for tools, n in sites.most_common(5)
+        )
+        raise ConfigError(
+            f"the selected calls come from {len(sites)} call sites (tool sets): {listed}. Pick one with "
+            "--agent, --source or --tools NAME,..., or train discovered tasks with --task KEY or --suitable "
+            "(`downsize tasks`)"
+        )
+    return chosen
 
 
 def resolve_tasks(store: Store, config: TrainConfig) -> TrainConfig:
@@ -59,7 +79,6 @@ def resolve_tasks(store: Store, config: TrainConfig) -> TrainConfig:
     from dataclasses import replace
 
     from downsize.discover import runs
-    from downsize.errors import ConfigError
 
     run_id = runs.require_run(store, config.discovery_run)
     rows = runs.run_tasks(store, run_id)
@@ -85,15 +104,6 @@ def resolve_tasks(store: Store, config: TrainConfig) -> TrainConfig:
             "`downsize tasks` lists the task keys and their dominant tools"
         )
     return replace(config, tasks=keys, discovery_run=run_id)
-
-
-def task_members(store: Store, config: TrainConfig) -> set[int]:
-    """Ids of the exchanges discovery put in the config's tasks."""
-    from downsize.discover import runs
-
-    wanted = set(config.tasks)
-    assigned = runs.exchange_tasks(store, runs.require_run(store, config.discovery_run))
-    return {ex_id for ex_id, (key, _) in assigned.items() if key in wanted}
 
 
 def build_examples(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import json
 import math
 import random
 import time
@@ -24,7 +23,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from downsize.backends.students import MANIFEST, load_student
+from downsize.artifacts import SpecialistManifest, SpecialistScope
+from downsize.backends.students import load_student
 from downsize.config import TRAIN_METHODS, TrainConfig
 from downsize.errors import TrainingError
 from downsize.store.store import now_iso
@@ -318,7 +318,7 @@ def save_specialist(
     stats: TrainStats,
     data_hash: str,
     extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> SpecialistManifest:
     """Write the trained weights and `downsize.json` (resolved config, data hash, device, metrics).
 
     Adapter methods save the adapter folder (a few MB); full fine-tuning saves the whole model as
@@ -332,20 +332,22 @@ def save_specialist(
     artifact = "adapter" if config.method in ADAPTER_METHODS else "model"
     if artifact == "model":
         tokenizer.save_pretrained(out_dir)
-    manifest = {
-        "config": asdict(config),
-        "data_hash": data_hash,
-        "student": config.student,
-        "method": config.method,
-        "artifact": artifact,
-        "device": stats.device,
-        "precision": stats.precision,
-        "learning_rate": stats.learning_rate,
-        "trained_at": now_iso(),
-        "torch_threads": torch.get_num_threads(),
-        "stats": {k: v for k, v in asdict(stats).items() if k != "losses"},
-        "losses": stats.losses,
-        **(extra or {}),
-    }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    extra = extra or {}
+    manifest = SpecialistManifest(
+        artifact=artifact,
+        student=config.student,
+        method=config.method,
+        config=asdict(config),
+        data_hash=data_hash,
+        trained_at=now_iso(),
+        device=stats.device,
+        precision=stats.precision,
+        learning_rate=stats.learning_rate,
+        torch_threads=torch.get_num_threads(),
+        stats=extra.get("stats") or {k: v for k, v in asdict(stats).items() if k != "losses"},
+        losses=stats.losses,
+        gate=extra.get("gate"),
+        scope=extra.get("scope") or SpecialistScope(tasks=tuple(config.tasks), curated=config.curated),
+    )
+    manifest.save(out_dir)
     return manifest

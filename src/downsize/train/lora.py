@@ -5,11 +5,13 @@ gate, and the `candidate` specialist registered in the store.
 
 from __future__ import annotations
 
+import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from downsize.artifacts import SpecialistScope
 from downsize.config import TrainConfig, home
 from downsize.copying import learn_copied, save_copied
 from downsize.errors import TrainingError
@@ -44,13 +46,20 @@ def train_specialist(
 ) -> TrainResult:
     """Build examples from the store, fine-tune the student within budget, save and register the specialist."""
     check_method_available(config.method)  # before minutes of loading
+    requested = list(config.tasks)  # as the user named them (tool:NAME before it expands to task keys)
     config = resolve_tasks(store, config)  # discovered tasks, when given: pin their run
     exchanges = training_exchanges(store, config, "train")
     if not exchanges:
+        where = f" of source {config.source!r}" if config.source else ""
+        where += f" of agent {config.agent!r}" if config.agent else ""
         raise TrainingError(
-            "no training data: the store holds no dev-split tool-call exchanges. "
-            "Run `downsize import tau-airline` or send traffic through `downsize serve` first"
+            f"no training data: the store holds no tool calls{where} in the training part of the dev split"
+            + (" of the curated view" if config.curated else "")
+            + ". Import logs (`downsize import ...`) or send traffic through `downsize serve`; "
+            "`downsize splits` shows what each source holds"
         )
+    if config.specialist is None:
+        config = replace(config, specialist=default_name(config, exchanges, requested))
     copied = (
         learn_copied(
             (ex.request.get("messages") or [], call)
@@ -69,6 +78,7 @@ def train_specialist(
     model, stats = fit_adapter(model, tokenizer, examples, config, progress=progress)
 
     hashed = data_hash(examples)
+    assert config.specialist is not None
     out_dir = out_dir or home() / "specialists" / f"{config.specialist}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = TrainResult(
         adapter_path=out_dir,
@@ -91,19 +101,33 @@ def train_specialist(
         **{k: v for k, v in asdict(result).items() if k not in ("adapter_path", "losses", "specialist_id")},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    gate_stats = fit_gate(store, config, out_dir) if config.gate else None
+    tools = sorted({name for ex in exchanges for name in _offered(ex.request)})
+    gate_stats = fit_gate(store, config, out_dir, frozenset(tools)) if config.gate else None
     save_copied(out_dir, copied)
     train_stats["copied_arguments"] = copied
-    save_specialist(
-        model, tokenizer, out_dir, config, stats, hashed, extra={"stats": train_stats, "gate": gate_stats}
+    scope = SpecialistScope(
+        task_tools=tuple(tools),
+        tasks=tuple(config.tasks),
+        discovery_run=config.discovery_run,
+        agent=config.agent,
+        source=config.source,
+        curated=config.curated,
     )
-    tasks = sorted({name for ex in exchanges for name in _offered(ex.request)})
+    save_specialist(
+        model,
+        tokenizer,
+        out_dir,
+        config,
+        stats,
+        hashed,
+        extra={"stats": train_stats, "gate": gate_stats, "scope": scope},
+    )
     specialist = Specialist(
         name=config.specialist,
         task=",".join(config.tasks) if config.tasks else config.specialist,
         base_model=config.student,
         adapter_path=str(out_dir),
-        config={**asdict(config), "task_tools": tasks},
+        config={**asdict(config), "task_tools": tools},
         data_hash=hashed,
         metrics={"train": train_stats},
     )
@@ -111,17 +135,27 @@ def train_specialist(
     return result
 
 
-def fit_gate(store: Store, config: TrainConfig, out_dir: Path) -> dict[str, Any]:
-    """Fit the task gate on every dev-split training call (text replies included) and save it beside the adapter."""
+def fit_gate(store: Store, config: TrainConfig, out_dir: Path, tools: frozenset[str]) -> dict[str, Any]:
+    """Fit the task gate on every decision point of the call site's training workflows and save it beside
+    the adapter: the teacher's tool calls and its text replies, from the same selection as the training
+    calls (with `curated`, the masked conversations only)."""
+    from downsize.calls import CallSelection, decision_points, select_calls
+    from downsize.decide.gate import TaskGate, gate_label
     from downsize.prompting import gate_input
-    from downsize.route.gate import TaskGate, gate_label
-    from downsize.splits import dev_role
 
-    texts, labels = [], []
-    for ex in store.exchanges(split="dev"):
-        if ex.response_kind in ("tool_call", "text") and dev_role(ex, config.validation_fraction) == "train":
-            texts.append(gate_input(ex.request.get("messages") or []))
-            labels.append(gate_label(ex.response_kind, ex.tool_names))
+    chosen = CallSelection(
+        source=config.source,
+        agent=config.agent,
+        role="train",
+        kinds=("tool_call", "text"),
+        tool_set=tools,
+        curated=config.curated,
+        include_hci=True,
+        validation_fraction=config.validation_fraction,
+    )
+    points = decision_points(select_calls(store, chosen).exchanges)
+    texts = [gate_input(messages) for messages, _, _ in points]
+    labels = [gate_label(kind, names) for _, kind, names in points]
     started = time.perf_counter()
     gate = TaskGate.fit(texts, labels, seed=config.seed)
     gate.save(out_dir)
@@ -130,6 +164,23 @@ def fit_gate(store: Store, config: TrainConfig, out_dir: Path) -> dict[str, Any]
         "labels": len(set(labels)),
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def default_name(config: TrainConfig, exchanges: list[Any], requested: list[str] | None = None) -> str:
+    """A specialist is named for what it answers: its task keys (as named: `tool:NAME` is `tool-NAME`), else
+    its agent's (or source's) call site."""
+    keys = requested or config.tasks
+    if keys:
+        name = "+".join(keys[:3]) + (f"+{len(keys) - 3}" if len(keys) > 3 else "")
+    else:
+        owner = (
+            config.agent
+            or config.source
+            or (exchanges[0].agent or exchanges[0].source if exchanges else None)
+        )
+        site = "+".join(sorted(config.tools)[:3]) if config.tools else "calls"
+        name = f"{owner or 'agent'}-{site}"
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", name.replace("tool:", "tool-")).strip("-")[:80] or "specialist"
 
 
 def _offered(request: dict[str, Any]) -> list[str]:

@@ -1,0 +1,250 @@
+"""`downsize train`, `eval`, `promote` and `specialists`: make, prove and list specialists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from downsize.cli.options import config_option, db_option, engine_option, json_option, open_store
+from downsize.config import TRAIN_METHODS, EvalConfig, TrainConfig, load_yaml, resolve
+from downsize.errors import DownsizeError
+
+
+@click.command()
+@config_option("TrainConfig")
+@click.option("--student", help="Catalog name (smollm2-135m, gemma3-270m), Hugging Face id or local folder.")
+@click.option(
+    "--specialist",
+    help="Name of the specialist (default: its task keys, else AGENT-calls for its call site).",
+)
+@click.option(
+    "--agent", help="Train on this agent's calls only (the X-Downsize-Agent header, or --agent at import)."
+)
+@click.option("--source", help="Train on this source's calls only (`downsize splits` lists them).")
+@click.option(
+    "--tools",
+    help="The call site: train on requests offering exactly these tools (comma-separated names).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(list(TRAIN_METHODS)),
+    help="lora (default), dora, full (every weight; learning rate 5e-5 unless set), "
+    "qlora (4-bit base: needs CUDA and bitsandbytes).",
+)
+@click.option("--max-tokens", type=int, help="Stop after this many trained tokens.")
+@click.option("--max-minutes", type=float, help="Stop after this many minutes of training.")
+@click.option("--epochs", type=float, help="Upper bound on passes over the data (default 1).")
+@click.option("--batch-size", type=int)
+@click.option("--learning-rate", type=float, help="Default: 1e-3 for adapters, 5e-5 for --method full.")
+@click.option("--max-prompt-tokens", type=int, help="Token budget of the pruned prompt.")
+@click.option("--seed", type=int)
+@click.option("--threads", type=int, help="torch threads (default: all cores).")
+@click.option("--curated", is_flag=True, default=None, help="Train on the newest `downsize curate` run.")
+@click.option(
+    "--task",
+    "tasks",
+    multiple=True,
+    help="A discovered task key (see `downsize tasks`) to train on, or tool:NAME for every tool-call task whose "
+    "dominant tool is NAME; repeat for several. Default: every tool call.",
+)
+@click.option(
+    "--discovery-run", type=int, help="The discovery run the --task keys come from (default: newest)."
+)
+@click.option(
+    "--suitable",
+    is_flag=True,
+    help="Train a specialist for every task `downsize tasks` marks suitable, within --budget-minutes in all.",
+)
+@click.option("--budget-minutes", type=float, help="Total training time of --suitable (default 20).")
+@db_option
+def train(
+    config_file: Path | None, db: str | None, suitable: bool, budget_minutes: float | None, **flags: Any
+) -> None:
+    """Fine-tune a student on the dev split's tool calls of one call site or task (pruned prompts, loss on the
+    call only); with --suitable, one specialist per suitable discovered task.
+
+    LoRA by default; DoRA, full fine-tuning or QLoRA with --method. Runs on a GPU when one is present.
+    """
+    from downsize.train.lora import train_specialist
+
+    flags["tasks"] = list(flags["tasks"]) or None
+    flags["tools"] = (
+        [t.strip() for t in flags["tools"].split(",") if t.strip()] if flags.get("tools") else None
+    )
+    config = resolve(TrainConfig, load_yaml(config_file) if config_file else None, **flags)
+    store = open_store(db)
+    if suitable:
+        _train_suitable(store, config, budget_minutes or 20.0)
+        return
+    if budget_minutes is not None:
+        raise DownsizeError("--budget-minutes goes with --suitable; for one specialist use --max-minutes")
+    result = train_specialist(store, config)
+    click.echo(
+        f"trained specialist {config.specialist} (id {result.specialist_id}): {result.examples} examples "
+        f"({result.skipped} skipped: target too long), {result.steps} steps = {result.epochs:.2f} epochs, "
+        f"{result.tokens} tokens in {result.seconds / 60:.1f} min = {result.tokens_per_s:.0f} tokens/s, "
+        f"final loss {result.final_loss:.3f} ({result.method}, {result.device}, {result.precision})"
+    )
+    click.echo(f"{'model' if result.method == 'full' else 'adapter'}: {result.adapter_path}")
+
+
+def _train_suitable(store: Any, config: TrainConfig, budget_minutes: float) -> None:
+    from downsize.train.plan import train_suitable
+
+    if config.tasks:
+        raise DownsizeError("--suitable picks the tasks itself: drop --task")
+    runs = train_suitable(store, config, budget_minutes, say=lambda m: click.echo(m, err=True))
+    trained = [r for r in runs if r.trained]
+    click.echo(f"trained {len(trained)} of {len(runs)} tasks within {budget_minutes:g} min:")
+    for r in runs:
+        what = f"specialist {r.name} (id {r.specialist_id}), {r.minutes:.1f} min" if r.trained else r.reason
+        click.echo(
+            f"  {r.fit.task_key:<10} {r.fit.output_kind:<9} train {r.fit.train:>4} val {r.fit.validation:>3}  "
+            f"{r.fit.label[:40]:<40}  {what}"
+        )
+    if trained:
+        click.echo("next: `downsize eval ID` for each, then `downsize promote ID`")
+
+
+@click.command("eval")
+@click.argument("specialist", required=False)
+@config_option("EvalConfig")
+@click.option(
+    "--target-agreement", type=float, help="Agreement the calibrated threshold must reach (default 0.95)."
+)
+@click.option("--limit", type=int, help="Evaluate at most this many calls per split (quick look).")
+@click.option("--batch-size", type=int)
+@engine_option("Engine to calibrate on (serve on the same one).")
+@db_option
+def eval_cmd(
+    specialist: str | None, config_file: Path | None, db: str | None, engine: str, **flags: Any
+) -> None:
+    """Evaluate a specialist (default: the newest) against gpt-4o's logged calls; calibrate its threshold."""
+    from downsize.evaluate.tool_calls import evaluate_specialist
+
+    config = resolve(EvalConfig, load_yaml(config_file) if config_file else None, **flags)
+    store = open_store(db)
+    sp = store.specialist(specialist)
+    report = evaluate_specialist(store, sp, config, engine=engine)
+    t = report.test_tool_calls
+    thr = report.threshold
+    click.echo(f"specialist {sp.name} (id {sp.id}) on {t.calls} held-out test tool calls in its scope:")
+    click.echo(f"  tool-name accuracy   {t.tool_name_accuracy:.3f}")
+    click.echo(f"  exact agreement      {t.exact_agreement:.3f} (lower95 {t.exact_agreement_lower95:.3f})")
+    click.echo(f"  valid calls          {t.valid_share:.3f}")
+    if thr is None:
+        click.echo(
+            f"  no threshold reaches {config.target_agreement:.0%} agreement on validation: "
+            "the specialist would serve nothing"
+        )
+    else:
+        v = report.validation.at_threshold
+        click.echo(
+            f"  threshold            {thr:.4f} (min token log-prob; calibrated on {report.validation.calls} "
+            "validation calls)"
+        )
+        click.echo(
+            f"  validation at thr    served {v.served} ({v.served_share:.1%} of tool calls), "
+            f"agreement {v.agreement:.3f}"
+        )
+        a = report.test.at_threshold
+        click.echo(
+            f"  test at thr          served {a.served} ({a.served_share:.1%} of tool calls), "
+            f"agreement {a.agreement:.3f} (lower95 {a.agreement_lower95:.3f})"
+        )
+    click.echo(
+        f"  by target agreement (threshold from validation; test over all {report.test.calls} calls, "
+        "text replies included):"
+    )
+    for row in report.by_target:
+        tv = row.test
+        served = (
+            "serves nothing"
+            if row.threshold is None
+            else (
+                f"serves {tv.served} ({tv.served_share:.1%}), agreement {tv.agreement:.3f} "
+                f"(lower95 {tv.agreement_lower95:.3f})"
+            )
+        )
+        click.echo(f"    {row.target:.2f}  {served}")
+    if report.validation.calls < 20:
+        click.echo(
+            f"  note: {report.validation.calls} validation calls are too few to calibrate with confidence; "
+            "the figures above are indicative only (import more logs of this task)"
+        )
+    click.echo(f"report: {report.path} (engine {report.engine})")
+    click.echo(f"agreement-vs-coverage curves: {report.curve_path}")
+
+
+@click.command()
+@click.argument("specialist")
+@click.option(
+    "--to", "to", type=click.Choice(["shadow", "live"]), help="Target status (default: the next one)."
+)
+@click.option(
+    "--target",
+    type=float,
+    default=0.90,
+    show_default=True,
+    help="Agreement lower bound (95% Wilson) live needs.",
+)
+@click.option(
+    "--min-served", type=int, default=20, show_default=True, help="Served validation calls live needs."
+)
+@db_option
+def promote(specialist: str, to: str | None, target: float, min_served: int, db: str | None) -> None:
+    """Move a specialist candidate -> shadow -> live, only when its gate holds on held-out calls.
+
+    shadow needs a calibrated threshold (`downsize eval`): the specialist then runs beside the LLM and logs
+    what it would have answered. live needs the 95% lower bound of its validation agreement at that
+    threshold to reach --target on at least --min-served calls.
+    """
+    from downsize.evaluate.promotion import ORDER, promotion_gate
+
+    store = open_store(db)
+    sp = store.specialist(specialist)
+    assert sp.id is not None
+    to = to or (ORDER[ORDER.index(sp.status) + 1] if sp.status in ORDER[:-1] else "live")
+    result = promotion_gate(sp, to, target, min_served)
+    if not result.allowed:
+        raise DownsizeError(f"cannot promote specialist {sp.name} (id {sp.id}) to {to}: {result.reason}")
+    store.set_status(sp.id, to)
+    click.echo(f"specialist {sp.name} (id {sp.id}) is {to} for task {sp.task}: {result.reason}")
+
+
+@click.command()
+@json_option()
+@db_option
+def specialists(as_json: bool, db: str | None) -> None:
+    """List trained specialists: what each answers (agent, tasks), status, threshold and held-out figures."""
+    from downsize.artifacts import specialist_summary
+
+    rows = [specialist_summary(sp) for sp in open_store(db).specialists()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo("no specialists yet: run `downsize train`")
+        return
+
+    def num(value: float | None, spec: str) -> str:
+        return format(value, spec) if value is not None else "-"
+
+    click.echo(
+        f"{'id':>3}  {'name':<28} {'status':<9} {'answers':<30} {'threshold':>9}  {'exact':>5}  {'served':>6}  "
+        "(test)"
+    )
+    for r in rows:
+        answers = (
+            (r["agent"] or r["source"] or "any agent")
+            + ": "
+            + (", ".join(r["tasks"]) if r["tasks"] else f"call site of {r['tools']} tools")
+        )
+        click.echo(
+            f"{r['id']:>3}  {r['name'][:28]:<28} {r['status']:<9} {answers[:30]:<30} "
+            f"{num(r['threshold'], '.4f'):>9}  {num(r['test_exact_agreement'], '.3f'):>5}  "
+            f"{num(r['test_served_share'], '.1%'):>6}"
+        )

@@ -1,0 +1,167 @@
+"""The one accept-or-fall-back rule, used by the router online and by calibration offline.
+
+A specialist decides in two steps around its generation, so evaluation can batch the generations while
+the router runs one: `before` (does the request fall in the specialist's scope; what does the task gate
+say) and `after` (is the generated call valid for the request; is its confidence at the threshold). With
+`threshold=None` (calibration) nothing is cut for confidence: every decision carries the confidence, and
+a threshold t then serves exactly the decisions with `valid` and `confidence >= t`, as the router at t
+would. The served confidence is the lower of the gate's log-probability and the student's lowest token
+log-probability.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from downsize.decide.gate import TaskGate
+from downsize.decide.validate import validate_call
+from downsize.prompting import TEXT_REPLY
+from downsize.shapes import tool_names
+from downsize.types import Generation, Specialist, ToolCall
+
+if TYPE_CHECKING:
+    from downsize.store import Store
+
+
+class Assigner(Protocol):
+    """Maps a request to a discovered task (discover.assign.TaskAssigner)."""
+
+    def assign(
+        self, request: dict[str, Any], agent: str | None = None, task_hint: str | None = None
+    ) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The requests a specialist answers: its call site (the tool set it was trained on) and, for a
+    specialist of discovered tasks, the requests the task assigner maps to them."""
+
+    task_tools: frozenset[str] = frozenset()
+    tasks: frozenset[str] = frozenset()
+    assigner: Assigner | None = None
+    agent: str | None = None  # the agent it was trained for; None: any
+
+    def call_site(self, request: dict[str, Any]) -> str | None:
+        """None when the request is one this specialist's call site could answer, else why not."""
+        names = frozenset(tool_names(request))
+        if not names:
+            return "no_tools"
+        if self.task_tools and names != self.task_tools:
+            return "other_tools"
+        if request.get("tool_choice") == "none":
+            return "tool_choice_none"
+        if (request.get("n") or 1) != 1:
+            return "n_not_1"
+        return None
+
+    def task(
+        self, request: dict[str, Any], agent: str | None = None, task_hint: str | None = None
+    ) -> str | None:
+        """None when the request falls in one of the specialist's tasks (or it has none), else why not."""
+        if self.assigner is None or not self.tasks:
+            return None
+        assignment = self.assigner.assign(request, agent, task_hint)
+        if assignment.task is None:
+            return f"novel_task:{assignment.reason}"[:64]
+        return None if assignment.task in self.tasks else f"other_task:{assignment.task}"[:64]
+
+
+def scope_of(store: Store, sp: Specialist) -> Scope:
+    """What a specialist answers: its call site (tool set), agent, and discovered tasks with their assigner."""
+    tasks = frozenset(sp.config.get("tasks") or [])
+    assigner = None
+    if tasks:
+        from downsize.discover.discovery import load_assigner
+
+        assigner = load_assigner(store, sp.config.get("discovery_run"))
+    return Scope(
+        task_tools=frozenset(sp.config.get("task_tools") or []),
+        tasks=tasks,
+        assigner=assigner,
+        agent=sp.config.get("agent"),
+    )
+
+
+@dataclass
+class Plan:
+    """What the gate fixed before generation: the tool (None: the student picks) and its log-probability."""
+
+    tool: str | None = None
+    gate_logp: float = 0.0
+    gate_note: str | None = None
+
+
+@dataclass
+class Decision:
+    """The specialist's verdict on one request.
+
+    `valid`: the answer could be served at some threshold (the gate chose a tool the request offers and the
+    call validates); `accepted`: it is served at this decider's threshold.
+    """
+
+    reason: str  # accept | gate_text | low_confidence | invalid_output:<why> | <scope reason>
+    valid: bool = False
+    confidence: float = -math.inf
+    call: ToolCall | None = None
+    candidate: str | None = None
+    tokens: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason == "accept"
+
+
+@dataclass
+class Decider:
+    """A specialist's gate and threshold; `threshold=None` decides for calibration (nothing cut)."""
+
+    gate: TaskGate | None = None
+    threshold: float | None = None
+
+    def before(self, request: dict[str, Any]) -> Plan | Decision:
+        """The gate's step: a Plan for generation, or the Decision already (a text reply, an unoffered tool,
+        a gate below the threshold)."""
+        if self.gate is None:
+            return Plan()
+        gated = self.gate.decide(request.get("messages") or [])
+        note = f"gate: {gated.label} p={gated.probability:.3f}"
+        logp = gated.log_probability
+        if gated.label == TEXT_REPLY:
+            return Decision("gate_text", confidence=logp, candidate=note)
+        if gated.label not in tool_names(request):
+            return Decision("invalid_output:unknown_tool", confidence=logp, candidate=note)
+        if self.threshold is not None and logp < self.threshold:
+            return Decision("low_confidence", valid=True, confidence=logp, candidate=note)
+        return Plan(tool=gated.label, gate_logp=logp, gate_note=note)
+
+    def after(self, request: dict[str, Any], plan: Plan, generation: Generation) -> Decision:
+        """The verdict on a generated call: validation, then confidence against the threshold."""
+        confidence = min(generation.min_logprob, plan.gate_logp)
+        decision = Decision(
+            "accept",
+            confidence=confidence,
+            call=generation.call,
+            candidate=generation.text[:2000],
+            tokens=generation.tokens,
+        )
+        if generation.stopped_early:
+            decision.reason, decision.valid = "low_confidence", True
+            return decision
+        problem = (
+            validate_call(generation.call, request.get("tools") or []) if generation.call else "incomplete"
+        )
+        if problem:
+            decision.reason = "invalid_output:" + problem.split(":", 1)[0]
+            decision.candidate = f"{generation.text[:1500]} [{problem}]"
+            return decision
+        decision.valid = True
+        if self.threshold is not None and confidence < self.threshold:
+            decision.reason = "low_confidence"
+        return decision
+
+    def serves_at(self, decision: Decision, threshold: float) -> bool:
+        """Whether a decision made for calibration (threshold None) is served at `threshold`."""
+        return decision.valid and not math.isinf(decision.confidence) and decision.confidence >= threshold

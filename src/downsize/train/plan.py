@@ -1,0 +1,67 @@
+"""Train a specialist for every suitable discovered task within one total time budget."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from downsize.config import TrainConfig
+from downsize.discover.suitability import TaskFit, assess_tasks
+from downsize.errors import DownsizeError
+from downsize.store import Store
+
+MIN_MINUTES = 0.5  # below this a task's share is not worth a model load: the task is skipped
+
+
+@dataclass
+class TaskRun:
+    """What `train_suitable` did with one task."""
+
+    fit: TaskFit
+    trained: bool
+    reason: str
+    specialist_id: int | None = None
+    name: str | None = None
+    minutes: float = 0.0
+
+
+def train_suitable(
+    store: Store,
+    config: TrainConfig,
+    budget_minutes: float,
+    say: Callable[[str], None] = lambda _: None,
+    progress: bool = True,
+) -> list[TaskRun]:
+    """Train every suitable task of the newest (or the config's) discovery run, most suitable first.
+
+    The budget is shared by what is left of it, in proportion to each remaining task's training calls, so
+    a big task gets more minutes and an early finish hands its time on. A task whose share falls under half
+    a minute is skipped (budget), as is one whose training fails (the reason is kept).
+    """
+    from downsize.train.lora import train_specialist
+
+    fits = assess_tasks(store, config.discovery_run, config.validation_fraction)
+    runs = [TaskRun(f, False, f.reason) for f in fits]
+    todo = [r for r in runs if r.fit.suitable]
+    deadline = time.monotonic() + budget_minutes * 60
+    for i, run in enumerate(todo):
+        left = (deadline - time.monotonic()) / 60
+        weight = sum(r.fit.train for r in todo[i:])
+        share = left * run.fit.train / weight if weight else 0.0
+        if share < MIN_MINUTES:
+            run.reason = f"budget: {max(left, 0):.1f} min left for {len(todo) - i} tasks"
+            continue
+        say(f"training {run.fit.task_key} ({run.fit.label[:50]}): {run.fit.train} calls, {share:.1f} min")
+        started = time.monotonic()
+        task_config = replace(config, tasks=[run.fit.task_key], specialist=None, max_minutes=share)
+        try:
+            result = train_specialist(store, task_config, progress=progress)
+        except DownsizeError as exc:
+            run.reason = f"training failed: {exc}"
+            continue
+        run.trained, run.reason = True, "trained"
+        run.specialist_id = result.specialist_id
+        run.name = store.specialist(result.specialist_id).name if result.specialist_id else None
+        run.minutes = (time.monotonic() - started) / 60
+    return runs
