@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-0.3
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover bench-serving bench-bfcl bench-specialists bench-tasks bench-conversion clean
+.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover bench-serving bench-bfcl bench-specialists bench-tasks bench-conversion bench-shared-student clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -64,6 +64,10 @@ bench-tasks: install
 # train --suitable within one budget, eval each specialist; per source and task in bench-results/conversion.json
 bench-conversion: install
 	$(PY) benchmarks/bench_conversion.py $(BENCH_ARGS)
+
+# many specialists on one student (llama.cpp): RSS with 1/2/5 specialists, shared pool vs one model each
+bench-shared-student: install
+	$(PY) benchmarks/bench_shared_student.py
 
 bench-pii: install
 	$(PY) benchmarks/bench_pii.py
