@@ -83,7 +83,7 @@ def train(
         raise DownsizeError("--budget-minutes goes with --suitable; for one specialist use --max-minutes")
     result = train_specialist(store, config)
     click.echo(
-        f"trained specialist {config.specialist} (id {result.specialist_id}): {result.examples} examples "
+        f"trained specialist {store.specialist(result.specialist_id).name} (id {result.specialist_id}): {result.examples} examples "
         f"({result.skipped} skipped: target too long), {result.steps} steps = {result.epochs:.2f} epochs, "
         f"{result.tokens} tokens in {result.seconds / 60:.1f} min = {result.tokens_per_s:.0f} tokens/s, "
         f"final loss {result.final_loss:.3f} ({result.method}, {result.device}, {result.precision})"

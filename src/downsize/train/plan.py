@@ -12,6 +12,9 @@ from downsize.errors import DownsizeError
 from downsize.store import Store
 
 MIN_MINUTES = 0.5  # below this a task's share is not worth a model load: the task is skipped
+# what a task costs beyond its training minutes until one has been measured: loading the student, fitting the
+# gate, saving (on 2 busy cores, 2026-12-03: 0.4-3.4 min; bench-results/conversion.json)
+OVERHEAD_MINUTES = 1.5
 
 
 @dataclass
@@ -35,8 +38,9 @@ def train_suitable(
 ) -> list[TaskRun]:
     """Train every suitable task of the newest (or the config's) discovery run, most suitable first.
 
-    The budget is shared by what is left of it, in proportion to each remaining task's training calls, so
-    a big task gets more minutes and an early finish hands its time on. A task whose share falls under half
+    The budget is shared by what is left of it, less each remaining task's overhead (model load, gate, save:
+    measured on the tasks done so far), in proportion to each remaining task's training calls, so a big task
+    gets more minutes and an early finish hands its time on. A task whose share falls under half
     a minute is skipped (budget), as is one whose training fails (the reason is kept).
     """
     from downsize.train.lora import train_specialist
@@ -45,10 +49,12 @@ def train_suitable(
     runs = [TaskRun(f, False, f.reason) for f in fits]
     todo = [r for r in runs if r.fit.suitable]
     deadline = time.monotonic() + budget_minutes * 60
+    overheads: list[float] = []  # minutes each finished task took beyond its training (load, gate, save)
     for i, run in enumerate(todo):
         left = (deadline - time.monotonic()) / 60
+        overhead = sum(overheads) / len(overheads) if overheads else OVERHEAD_MINUTES
         weight = sum(r.fit.train for r in todo[i:])
-        share = left * run.fit.train / weight if weight else 0.0
+        share = (left - overhead * (len(todo) - i)) * run.fit.train / weight if weight else 0.0
         if share < MIN_MINUTES:
             run.reason = f"budget: {max(left, 0):.1f} min left for {len(todo) - i} tasks"
             continue
@@ -64,4 +70,5 @@ def train_suitable(
         run.specialist_id = result.specialist_id
         run.name = store.specialist(result.specialist_id).name if result.specialist_id else None
         run.minutes = (time.monotonic() - started) / 60
+        overheads.append(max(0.0, run.minutes - share))
     return runs
