@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from downsize.cli.options import config_option, db_option, json_option
+
 
 @click.command("curate")
 @click.option("--pii/--no-pii", default=None, help="Mask PII and secrets in what is kept (default: on).")
@@ -40,13 +42,9 @@ import click
 @click.option(
     "--include-test", is_flag=True, default=None, help="Curate the test split too (never trained on)."
 )
-@click.option(
-    "--config", "config_file", type=click.Path(path_type=Path), help="YAML file of CurateConfig settings."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the curation report as JSON.")
-@click.option(
-    "--db", envvar="DOWNSIZE_DB", help="SQLAlchemy URL of the store (default: $DOWNSIZE_HOME/downsize.db)."
-)
+@config_option("CurateConfig")
+@json_option("the curation report as JSON")
+@db_option
 def curate(
     config_file: Path | None,
     as_json: bool,

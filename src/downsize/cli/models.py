@@ -9,12 +9,13 @@ from typing import Any
 
 import click
 
+from downsize.cli.options import json_option
 from downsize.select.catalog import CATALOG, PRECISIONS, CatalogEntry, offline_source
 from downsize.select.filters import DEFAULT_HEADROOM, LICENCE_POLICIES, Candidate, Hardware, select_candidates
 
 
 @click.command("models")
-@click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON.")
+@json_option("the catalog as JSON")
 @click.option(
     "--fits",
     is_flag=True,
