@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from downsize.config import TrainConfig
 from downsize.discover.suitability import TaskFit, assess_tasks
@@ -35,15 +36,19 @@ def train_suitable(
     budget_minutes: float,
     say: Callable[[str], None] = lambda _: None,
     progress: bool = True,
+    train: Callable[..., Any] | None = None,
 ) -> list[TaskRun]:
     """Train every suitable task of the newest (or the config's) discovery run, most suitable first.
 
     The budget is shared by what is left of it, less each remaining task's overhead (model load, gate, save:
     measured on the tasks done so far), in proportion to each remaining task's training calls, so a big task
     gets more minutes and an early finish hands its time on. A task whose share falls under half
-    a minute is skipped (budget), as is one whose training fails (the reason is kept).
+    a minute is skipped (budget), as is one whose training fails (the reason is kept). `train` is
+    `train_specialist` unless given.
     """
     from downsize.train.lora import train_specialist
+
+    trainer = train or train_specialist
 
     fits = assess_tasks(store, config.discovery_run, config.validation_fraction)
     runs = [TaskRun(f, False, f.reason) for f in fits]
@@ -62,7 +67,7 @@ def train_suitable(
         started = time.monotonic()
         task_config = replace(config, tasks=[run.fit.task_key], specialist=None, max_minutes=share)
         try:
-            result = train_specialist(store, task_config, progress=progress)
+            result = trainer(store, task_config, progress=progress)
         except DownsizeError as exc:
             run.reason = f"training failed: {exc}"
             continue
