@@ -48,8 +48,8 @@ def _gpu() -> str | None:
 
 def tau_run(minutes: float, student: str, engine: str, epochs: float) -> dict[str, Any]:
     """One tau-airline run through the demo's loop; the figures the issue asks for."""
-    from downsize.config import default_tau_airline
     from downsize.demo.run import run_demo
+    from downsize.importers.tau_airline import default_path as default_tau_airline
 
     started = time.perf_counter()
     summary = run_demo(

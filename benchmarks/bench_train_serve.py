@@ -25,7 +25,8 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["DOWNSIZE_HOME"] = tempfile.mkdtemp(prefix="downsize-bench-")
 
-    from downsize.config import TrainConfig, default_tau_airline
+    from downsize.config import TrainConfig
+    from downsize.importers.tau_airline import default_path as default_tau_airline
     from downsize.importers.tau_airline import import_tau_airline
     from downsize.prompting import PromptBudget
     from downsize.store import Store

@@ -12,33 +12,25 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+import tiny_adapters
 from downsize.backends.gguf_lora import gguf_lora_for, lora_tensors, rope_permute, write_gguf_lora
-from downsize.prompting import PromptBudget, render_target
+from downsize.prompting import PromptBudget
 from downsize.types import ToolCall
 
-TAU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tau-airline"
+TAU = tiny_adapters.TAU
 TOOLS = json.loads((TAU / "tools.json").read_text())
 BUDGET = PromptBudget(48, 24)
 META = {"architecture": "llama", "block_count": 2, "head_count": 4, "head_count_kv": 2, "chat_template": None}
 
 
-def tau_calls(n: int, names: tuple[str, ...] = ("get_user_details", "get_reservation_details")) -> list:
-    """(messages up to a teacher tool call, that call) for the first n short calls of the test split."""
-    samples = []
-    for run in json.loads((TAU / "trajectories-gpt-4o.json").read_text()):
-        if run["task_id"] < 35 or run["trial"] != 0:
-            continue
-        for i, message in enumerate(run["traj"]):
-            for call in message.get("tool_calls") or []:
-                if call["function"]["name"] in names and len(samples) < n:
-                    args = json.loads(call["function"]["arguments"])
-                    samples.append((run["traj"][:i], ToolCall(call["function"]["name"], args)))
-                break
-    return samples
+def tau_calls(n: int) -> list[tuple[list[dict[str, Any]], ToolCall]]:
+    """The first n short teacher calls (user and reservation lookups) of the test split."""
+    return tiny_adapters.tau_calls(n, ("get_user_details", "get_reservation_details"))
 
 
 def fake_adapter(folder: Path, r: int = 4, alpha: float = 8.0, **config: object) -> dict[str, np.ndarray]:
@@ -183,31 +175,12 @@ def trained_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA on SmolLM2-135M overfitted on a few real calls (seconds), saved as PEFT writes it."""
     pytest.importorskip("llama_cpp")
     os.environ.setdefault("DOWNSIZE_MODELS", str(tmp_path_factory.mktemp("models")))
-    import torch
-
-    from downsize.backends.student_prompt import build_prompt, end_of_turn
     from downsize.backends.students import load_student
-    from downsize.config import TrainConfig
-    from downsize.train.data import Example
-    from downsize.train.loop import batch_loss, collate, lora_model
 
-    torch.manual_seed(0)
-    model, tokenizer = load_student("smollm2-135m")
-    model = lora_model(model, TrainConfig(lora_r=8, lora_alpha=16))
-    examples = []
-    for messages, call in tau_calls(4):
-        prompt = tokenizer.encode(build_prompt(tokenizer, messages, BUDGET), add_special_tokens=False)
-        target = tokenizer.encode(render_target(call) + end_of_turn(tokenizer), add_special_tokens=False)
-        examples.append(Example(None, list(prompt), list(target)))
-    ids, mask, labels, _ = collate(examples, tokenizer.pad_token_id)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=4e-3)
-    for _ in range(10):
-        batch_loss(model, ids, mask, labels).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    folder = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(folder)
-    return folder
+    base, tokenizer = load_student("smollm2-135m")
+    return tiny_adapters.overfit_adapter(
+        base, tokenizer, tau_calls(4), BUDGET, 10, tmp_path_factory.mktemp("adapter")
+    )
 
 
 @pytest.fixture(scope="module")

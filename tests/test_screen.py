@@ -12,7 +12,7 @@ import pytest
 
 from downsize.select.answers import answer_cases, score_answer
 from downsize.select.call_sequence import CallSequenceGrammar, parse_calls, render_calls
-from downsize.select.cases import CallCase, select_shots, tau_cases
+from downsize.select.cases import CallCase, screen_cases, select_shots
 from downsize.select.prompts import screen_messages
 from downsize.select.tool_schemas import render_tool, tool_signature
 from downsize.types import ToolCall
@@ -88,12 +88,12 @@ def test_shots_from_outside_the_training_split_are_refused(role: str) -> None:
         select_shots([case("v", "query", "validation")], pool, k=1, embed=fake_embed)
 
 
-def test_tau_cases_keep_validation_and_training_apart(imported_db: str) -> None:
+def test_screen_cases_keep_validation_and_training_apart(imported_db: str) -> None:
     from downsize.splits import workflow
     from downsize.store import Store
 
     store = Store.open(imported_db)
-    cases, pool = tau_cases(store, limit=5)
+    cases, pool = screen_cases(store, limit=5)
     assert (
         len(cases) == 5 and {c.role for c in cases} == {"validation"} and {p.role for p in pool} == {"train"}
     )
@@ -303,7 +303,7 @@ def test_a_tiny_real_screen_on_tau_validation_calls(
 
     os.environ.setdefault("DOWNSIZE_MODELS", str(tmp_path_factory.mktemp("models")))
     store = Store.open(imported_db)
-    cases, pool = tau_cases(store, limit=4)
+    cases, pool = screen_cases(store, limit=4)
     store.close()
     pool = pool[::8]  # a spread-out eighth of the training calls: embedding them all is most of the time
     report = screen_students(
@@ -330,7 +330,7 @@ def test_cli_screen_needs_validation_calls(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(main, ["models", "--screen", "--db", f"sqlite:///{tmp_path / 'empty.db'}"])
     assert result.exit_code == 1
-    assert "no validation tool calls" in result.output and "downsize import tau-airline" in result.output
+    assert "no validation tool calls" in result.output and "downsize import openai-jsonl" in result.output
     assert "--screen" in CliRunner().invoke(main, ["models", "--help"]).output
 
 

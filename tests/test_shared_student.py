@@ -12,32 +12,16 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from downsize.prompting import PromptBudget, render_target
-from downsize.types import Specialist, ToolCall
+from downsize.prompting import PromptBudget
+from downsize.types import Specialist
+from tiny_adapters import TAU, overfit_adapter, tau_calls
 
-TAU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tau-airline"
 TOOLS = json.loads((TAU / "tools.json").read_text())
 BUDGET = PromptBudget(64, 32)
 CONFIG = {"max_prompt_tokens": BUDGET.max_prompt_tokens, "max_message_tokens": BUDGET.max_message_tokens}
-
-
-def tau_calls(n: int, name: str, skip: int = 0) -> list[tuple[list[dict[str, Any]], ToolCall]]:
-    """(messages up to a teacher call of this tool, that call) for n such calls of the test split."""
-    samples = []
-    for run in json.loads((TAU / "trajectories-gpt-4o.json").read_text()):
-        if run["task_id"] < 35 or run["trial"] != 0:
-            continue
-        for i, message in enumerate(run["traj"]):
-            for call in message.get("tool_calls") or []:
-                if call["function"]["name"] == name:
-                    args = json.loads(call["function"]["arguments"])
-                    samples.append((run["traj"][:i], ToolCall(name, args)))
-                break
-    return samples[skip : skip + n]
 
 
 @pytest.fixture(scope="module")
@@ -45,32 +29,14 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two LoRAs (A: get_user_details calls, B: get_reservation_details calls), a few steps each."""
     pytest.importorskip("llama_cpp")
     os.environ.setdefault("DOWNSIZE_MODELS", str(tmp_path_factory.mktemp("models")))
-    import torch
-
-    from downsize.backends.student_prompt import build_prompt, end_of_turn
     from downsize.backends.students import load_student
-    from downsize.config import TrainConfig
-    from downsize.train.data import Example
-    from downsize.train.loop import batch_loss, collate, lora_model
 
     base, tokenizer = load_student("smollm2-135m")
     folders = {}
     for key, name in (("a", "get_user_details"), ("b", "get_reservation_details")):
-        torch.manual_seed(0)
-        model = lora_model(copy.deepcopy(base), TrainConfig(lora_r=8, lora_alpha=16))
-        examples = []
-        for messages, call in tau_calls(3, name):
-            prompt = tokenizer.encode(build_prompt(tokenizer, messages, BUDGET), add_special_tokens=False)
-            target = tokenizer.encode(render_target(call) + end_of_turn(tokenizer), add_special_tokens=False)
-            examples.append(Example(None, list(prompt), list(target)))
-        ids, mask, labels, _ = collate(examples, tokenizer.pad_token_id)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=4e-3)
-        for _ in range(6):
-            batch_loss(model, ids, mask, labels).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        folders[key] = tmp_path_factory.mktemp(f"adapter-{key}")
-        model.save_pretrained(folders[key])
+        samples = tau_calls(3, (name,))
+        folder = tmp_path_factory.mktemp(f"adapter-{key}")
+        folders[key] = overfit_adapter(copy.deepcopy(base), tokenizer, samples, BUDGET, 6, folder)
     return folders
 
 
@@ -95,7 +61,9 @@ def test_specialists_sharing_one_student_generate_what_dedicated_ones_do(adapter
         assert sorted(student.adapters) == sorted(rt.lora_path for rt in dedicated.values() if rt.lora_path)
         assert len({id(rt.llm) for rt in dedicated.values()}) == 3
 
-        samples = tau_calls(2, "get_user_details", skip=3) + tau_calls(2, "get_reservation_details", skip=3)
+        samples = tau_calls(2, ("get_user_details",), skip=3) + tau_calls(
+            2, ("get_reservation_details",), skip=3
+        )
         differ = 0
         for messages, _ in samples:
             seen = {}

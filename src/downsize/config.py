@@ -14,15 +14,6 @@ from typing import Any, TypeVar
 from downsize.errors import ConfigError
 
 
-def default_tau_airline() -> Path:
-    """../shared/data/tau-airline beside the project (as in a checkout and in CI)."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = base.parent / "shared" / "data" / "tau-airline"
-        if candidate.is_dir():
-            return candidate
-    return Path.cwd().parent / "shared" / "data" / "tau-airline"
-
-
 def home() -> Path:
     """$DOWNSIZE_HOME (default ~/.downsize), created on first use."""
     path = Path(os.environ.get("DOWNSIZE_HOME") or Path.home() / ".downsize").expanduser()

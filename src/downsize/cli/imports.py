@@ -13,7 +13,7 @@ import click
 
 from downsize.cli.options import db_option, open_store
 from downsize.cli.splits import echo_splits
-from downsize.config import default_tau_airline
+from downsize.importers.tau_airline import default_path as default_tau_airline
 
 
 def default_llm_logs() -> Path:

@@ -70,7 +70,7 @@ from downsize.select.filters import DEFAULT_HEADROOM, LICENCE_POLICIES, Candidat
     help="With --screen: few-shot examples.",
 )
 @click.option(
-    "--source", default="tau-airline", show_default=True, help="With --screen: exchanges of this source."
+    "--source", default=None, help="With --screen: only exchanges of this source (default: every source)."
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="With --screen.")
 @click.option(
@@ -89,7 +89,7 @@ def models(
     students: tuple[str, ...],
     limit: int,
     k: int,
-    source: str,
+    source: str | None,
     batch_size: int,
     db: str | None,
 ) -> None:
@@ -219,7 +219,7 @@ def _screen(
     students: tuple[str, ...],
     limit: int,
     k: int,
-    source: str,
+    source: str | None,
     batch_size: int,
     db: str | None,
     as_json: bool,
@@ -229,19 +229,20 @@ def _screen(
     memory_gb: float | None,
 ) -> None:
     from downsize.errors import ConfigError
-    from downsize.select.cases import tau_cases
+    from downsize.select.cases import screen_cases
     from downsize.select.prompts import estimate_prompt_tokens
     from downsize.select.screen import screen_students
     from downsize.store import Store
 
     store = Store.open(db)
     try:
-        cases, pool = tau_cases(store, limit=limit, source=source or None)
+        cases, pool = screen_cases(store, limit=limit, source=source or None)
     finally:
         store.close()
     if not cases:
         raise ConfigError(
-            f"the store holds no validation tool calls from {source!r}: run `downsize import tau-airline` first"
+            f"the store holds no validation tool calls{f' from {source!r}' if source else ''} in its dev split: "
+            "import your agent's logs first (`downsize import openai-jsonl FILE`, or capture with `downsize serve`)"
         )
     skipped: dict[str, str] = {}
     if students:

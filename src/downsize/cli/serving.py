@@ -12,8 +12,8 @@ import click
 
 from downsize.artifacts import EvalReport
 from downsize.cli.options import config_option, db_option, engine_option, open_store
-from downsize.config import default_tau_airline
 from downsize.errors import DownsizeError
+from downsize.importers.tau_airline import default_path as default_tau_airline
 
 
 @click.command()

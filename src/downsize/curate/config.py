@@ -78,7 +78,7 @@ class CurateConfig:
     success_only: bool = False  # keep only workflows whose reported outcome is a success
     success_threshold: float = 1.0  # outcome at or above this counts as a success
     include_test: bool = False  # the test split is never trained on, so it is not curated by default
-    source: str | None = None  # curate only exchanges of this source (tau-airline, gateway, ...)
+    source: str | None = None  # curate only exchanges of this source (gateway, openai-jsonl, ...)
     refusal_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_REFUSALS))
 
     def __post_init__(self) -> None:

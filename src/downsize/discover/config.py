@@ -24,7 +24,7 @@ class DiscoverConfig:
     k-means steps from the HDBSCAN centroids. See benchmarks/bench_discover.py (`--tune`).
     """
 
-    source: str | None = None  # only exchanges of this source (tau-airline, gateway, ...)
+    source: str | None = None  # only exchanges of this source (gateway, openai-jsonl, ...)
     # only this split: dev (default: the test split's answers must not shape the tasks or the assigner that
     # scopes evaluation), test, or all
     split: str | None = "dev"

@@ -23,6 +23,15 @@ TEST_TASK_IDS = range(35, 50)
 TRAJECTORIES = "trajectories-gpt-4o.json"
 
 
+def default_path() -> Path:
+    """../shared/data/tau-airline beside the project (as in a checkout and in CI)."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        candidate = base.parent / "shared" / "data" / "tau-airline"
+        if candidate.is_dir():
+            return candidate
+    return Path.cwd().parent / "shared" / "data" / "tau-airline"
+
+
 def _load_json(path: Path) -> Any:
     if not path.is_file():
         raise ImportDataError(

@@ -51,23 +51,28 @@ class CallCase:
         return [{c.name: {k: [v] for k, v in c.arguments.items()}} for c in self.gold]
 
 
-def tau_cases(
+def screen_cases(
     store: Any,
     validation_fraction: float = 0.25,
     limit: int | None = None,
-    source: str | None = "tau-airline",
+    source: str | None = None,
+    agent: str | None = None,
 ) -> tuple[list[CallCase], list[CallCase]]:
     """(validation cases, training pool) from the store's dev split: machine-facing tool calls, first call only.
 
-    The test split is never screened on. `limit` keeps that many validation calls, evenly spread over the
-    validation workflows rather than the first few. Each case's answer is the teacher's first call (the router
-    serves one call), checked with BFCL's "multiple" rule (one call chosen among the task's tools).
+    The calls come through `calls.select_calls`, as every stage's do; the test split is never screened on.
+    `limit` keeps that many validation calls, evenly spread over the validation workflows rather than the first
+    few. Each case's answer is the teacher's first call (the router serves one call), checked with BFCL's
+    "multiple" rule (one call chosen among the task's tools).
     """
+    from downsize.calls import CallSelection, select_calls
+
+    selected = select_calls(
+        store, CallSelection(source=source, agent=agent, role="dev", kinds=("tool_call",))
+    )
     cases: list[CallCase] = []
     pool: list[CallCase] = []
-    for ex in store.exchanges(source=source, split="dev", response_kind="tool_call"):
-        if ex.is_hci:
-            continue
+    for ex in selected.exchanges:
         calls = tool_calls(response_message(ex.response))
         if not calls:
             continue
