@@ -20,6 +20,8 @@ LAYERS = {
     "prompting": 1,
     "splits": 1,
     "copying": 1,
+    "contracts": 1,
+    "sites": 1,
     "artifacts": 1,
     "store": 2,
     "backends": 2,

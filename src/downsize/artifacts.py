@@ -63,6 +63,8 @@ class SpecialistScope:
     agent: str | None = None
     source: str | None = None
     curated: bool = False
+    kind: str = "tool_call"  # the output contract's kind (`contracts.py`; the contract itself is in config)
+    sites: tuple[str, ...] = ()  # the call sites (`sites.site_key`) it was trained on
 
     @classmethod
     def of(cls, specialist: Specialist) -> SpecialistScope:
@@ -75,6 +77,8 @@ class SpecialistScope:
             agent=config.get("agent"),
             source=config.get("source"),
             curated=bool(config.get("curated")),
+            kind=str((config.get("contract") or {}).get("kind") or "tool_call"),
+            sites=tuple(sorted(config.get("sites") or [])),
         )
 
 
@@ -135,6 +139,7 @@ class SpecialistManifest:
                     **_known(SpecialistScope, scope),
                     "task_tools": tuple(scope.get("task_tools") or ()),
                     "tasks": tuple(scope.get("tasks") or ()),
+                    "sites": tuple(scope.get("sites") or ()),
                 }
             )
             if isinstance(scope, dict)
@@ -166,12 +171,17 @@ class SplitFigures:
 
 @dataclass
 class ToolCallFigures(SplitFigures):
-    """The test split's tool calls: teacher-relative figures beside the served ones."""
+    """The test split's calls the teacher answered in the specialist's kind (tool calls, JSON, labels, ...):
+    teacher-relative figures beside the served ones. `exact_agreement` is the strict rule calibration uses;
+    `graded_score` the kind's graded score (argument or field F1, text similarity) beside it."""
 
-    tool_name_accuracy: float = 0.0
+    tool_name_accuracy: float | None = (
+        0.0  # tool calls (and Action steps): the same tool; None for other kinds
+    )
     exact_agreement: float = 0.0
     exact_agreement_lower95: float = 0.0
     valid_share: float = 0.0
+    graded_score: float | None = None
 
 
 @dataclass
@@ -203,6 +213,7 @@ class EvalReport:
     examples: list[dict[str, Any]] = field(default_factory=list)
     path: str | None = None  # where the JSON was written
     curve_path: str | None = None  # the HTML page of the curves
+    kind: str = "tool_call"  # the specialist's output contract
     schema_version: int = EVAL_SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,6 +249,7 @@ class EvalReport:
             evaluated_at=data.get("evaluated_at"),
             seconds=float(data.get("seconds") or 0.0),
             examples=list(data.get("examples") or []),
+            kind=str(data.get("kind") or "tool_call"),
             path=data.get("path"),
             curve_path=data.get("curve_path"),
         )

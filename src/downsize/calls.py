@@ -14,6 +14,7 @@ from typing import Any
 
 from downsize.errors import ConfigError
 from downsize.shapes import tool_names
+from downsize.sites import site_key
 from downsize.splits import role as split_role
 from downsize.store import Store
 from downsize.types import Exchange
@@ -32,6 +33,7 @@ class CallSelection:
     tasks: tuple[str, ...] = ()  # discovered task keys (discovery's own assignment of stored calls)
     discovery_run: int | None = None
     tool_set: frozenset[str] | None = None  # only requests offering exactly these tools (one call site)
+    site: str | None = None  # only requests of this call site (`sites.site_key`)
     curated: bool = False  # the masked view of a curation run
     curation_run: int | None = None
     include_hci: bool = False  # text replies a human reads (curation flags them)
@@ -85,6 +87,9 @@ def select_calls(store: Store, selection: CallSelection) -> Selected:
             counts["other_task"] += 1
             continue
         if selection.tool_set is not None and frozenset(tool_names(ex.request)) != selection.tool_set:
+            counts["other_tools"] += 1
+            continue
+        if selection.site is not None and site_key(ex.request) != selection.site:
             counts["other_tools"] += 1
             continue
         if ex.is_hci and not selection.include_hci:

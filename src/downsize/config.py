@@ -34,6 +34,7 @@ def default_db_url() -> str:
 
 TRAIN_METHODS = ("lora", "dora", "full", "qlora")
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+TRAIN_KINDS = ("auto", "tool_call", "json", "label", "react", "text")  # contracts.py
 # Adapters learn fast from zero-initialised weights; updating every pretrained weight needs a far gentler step.
 DEFAULT_LEARNING_RATES = {"lora": 1e-3, "dora": 1e-3, "qlora": 1e-3, "full": 5e-5}
 
@@ -47,6 +48,8 @@ class TrainConfig:
     source: str | None = None  # train on this source's calls only (see `downsize splits`)
     agent: str | None = None  # train on this agent's calls only; the router then serves only this agent
     tools: list[str] = field(default_factory=list)  # the call site: requests offering exactly these tools
+    site: str | None = None  # the call site by key (`downsize sites`): tools:a,b or prompt:<template hash>
+    kind: str = "auto"  # the output contract: auto (detected) | tool_call | json | label | react | text
     max_prompt_tokens: int = 192  # pruned prompt budget: older turns are dropped first
     max_message_tokens: int = 96  # each kept message is cut to this many tokens (head and tail kept)
     max_target_tokens: int = 64  # longer teacher calls are skipped, not truncated
@@ -91,6 +94,8 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown precision {self.precision!r}: use one of {', '.join(TRAIN_PRECISIONS)}"
             )
+        if self.kind not in TRAIN_KINDS:
+            raise ConfigError(f"unknown output kind {self.kind!r}: use one of {', '.join(TRAIN_KINDS)}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, not {self.learning_rate}")
         if (self.batch_size is not None and self.batch_size < 1) or self.lora_r < 1:
@@ -100,6 +105,15 @@ class TrainConfig:
     def resolved_learning_rate(self) -> float:
         """The learning rate set, else the method's default (kept unresolved so a changed method changes it)."""
         return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.method]
+
+
+# keys a stored specialist's config holds beside its TrainConfig (what training found, not what was asked)
+SPECIALIST_KEYS = ("task_tools", "contract", "sites")
+
+
+def train_config_of(config: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig a stored specialist was trained with (its `config` without the found keys)."""
+    return resolve(TrainConfig, {k: v for k, v in config.items() if k not in SPECIALIST_KEYS})
 
 
 @dataclass

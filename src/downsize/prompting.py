@@ -111,9 +111,10 @@ def prune_messages(
     return "\n".join(reversed(kept))
 
 
-def chat_messages(conversation: str) -> list[dict[str, str]]:
-    """The chat the student sees: a one-line system prompt and the pruned conversation."""
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": conversation}]
+def chat_messages(conversation: str, instruction: str = SYSTEM) -> list[dict[str, str]]:
+    """The chat the student sees: a one-line system prompt (its contract's instruction) and the pruned
+    conversation."""
+    return [{"role": "system", "content": instruction}, {"role": "user", "content": conversation}]
 
 
 TEXT_REPLY = "<text>"  # the gate's label for "the teacher answered in text": never served by a specialist

@@ -100,12 +100,16 @@ class Generation:
     mean_logprob: float
     tokens: int
     stopped_early: bool = False  # generation was cut because confidence fell below the floor
+    value: Any = None  # the answer under the specialist's contract (the call, a JSON value, a label, ...)
+    complete: bool = False  # the grammar accepted a whole answer (a worker sends this; the caller parses)
 
 
 class SpecialistRuntime(Protocol):
-    """Generates one tool call for a chat request (transformers, llama.cpp, or a worker process).
+    """Generates one answer for a chat request under its specialist's contract (a tool call, JSON, a label,
+    text-format tool use or short text) on transformers, llama.cpp, or a worker process.
 
-    With `tool` given, the tool is fixed (the task gate chose it) and only its arguments are generated.
+    With `tool` given, the tool is fixed (the task gate chose it) and only its arguments are generated;
+    `response_format` is the request's own (a JSON answer follows its schema).
     """
 
     def generate(
@@ -114,4 +118,5 @@ class SpecialistRuntime(Protocol):
         tools: list[dict[str, Any]],
         stop_below: float | None = None,
         tool: str | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> Generation: ...

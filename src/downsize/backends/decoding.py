@@ -16,11 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from downsize.backends.grammar import ToolCallGrammar, tool_schemas
-from downsize.copying import Copied, restrict_schemas
-from downsize.prompting import parse_target
+from downsize.backends.contract_grammar import grammar_for
+from downsize.backends.student_prompt import build_prompt, end_of_turn
+from downsize.contracts import OutputContract
+from downsize.copying import Copied
+from downsize.prompting import PromptBudget
 from downsize.shapes import tool_names
-from downsize.types import Generation
+from downsize.types import Generation, ToolCall
 
 
 class Grammar(Protocol):
@@ -152,10 +154,11 @@ def constrained_greedy(
 
 
 class ToolCallRuntime:
-    """`generate`/`generate_batch` of tool calls on top of an engine's `prompt` and `complete`.
+    """`generate`/`generate_batch` on top of an engine's `prompt` and `complete`, for any output contract.
 
     Subclasses (the transformers and llama.cpp runtimes) supply the prompt text and the constrained
-    completion; the grammar, the chosen-tool prefix and the `Generation` they return are the same.
+    completion; the grammar (`contract_grammar.grammar_for`), the chosen-tool prefix and the `Generation`
+    they return are the same.
     """
 
     engine: str = ""  # the engine's name, as `runtime_for` takes it
@@ -163,9 +166,14 @@ class ToolCallRuntime:
     max_string: int = 160
     copied: Copied = {}  # noqa: RUF012 - replaced per instance (`runtime_for`), never mutated
     copied_in_prompt: bool = False  # the prompt lists the copied parameters' options (trained so)
+    contract: OutputContract = OutputContract("tool_call")  # replaced per instance (`runtime_for`)
+    tokenizer: Any = None
+    budget: PromptBudget = PromptBudget()
 
     def prompt(self, messages: list[dict[str, Any]]) -> str:
-        raise NotImplementedError
+        """The student's prompt, as it was trained: pruned conversation, copied options, contract instruction."""
+        copied = self.copied if self.copied_in_prompt else None
+        return build_prompt(self.tokenizer, messages, self.budget, copied, self.contract.instruction)
 
     def complete(
         self, prompts: list[str], grammars: list[Any], stop_below: float | None = None
@@ -178,8 +186,10 @@ class ToolCallRuntime:
         tools: list[dict[str, Any]],
         stop_below: float | None = None,
         tool: str | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> Generation:
-        return self.generate_batch([(messages, tools)], stop_below=stop_below, tools_chosen=[tool])[0]
+        request = {"messages": messages, "tools": tools, "response_format": response_format}
+        return self.generate_requests([request], stop_below=stop_below, tools_chosen=[tool])[0]
 
     def generate_batch(
         self,
@@ -187,23 +197,36 @@ class ToolCallRuntime:
         stop_below: float | None = None,
         tools_chosen: list[str | None] | None = None,
     ) -> list[Generation]:
-        """Greedy, grammar-constrained generation of one tool call per request.
+        """`generate_requests` for (messages, tools) pairs."""
+        bodies = [{"messages": messages, "tools": tools} for messages, tools in requests]
+        return self.generate_requests(bodies, stop_below=stop_below, tools_chosen=tools_chosen)
 
-        The arguments follow the named tool's JSON schema. `tools_chosen[i]`, when given, fixes the tool of
-        request i (chosen by the task gate): its name is written into the prompt and only the arguments
-        are generated and scored. Parameters the teacher always copies from the conversation (`self.copied`,
-        learned at training) may only take identifier tokens the conversation contains.
+    def generate_requests(
+        self,
+        requests: list[dict[str, Any]],
+        stop_below: float | None = None,
+        tools_chosen: list[str | None] | None = None,
+    ) -> list[Generation]:
+        """Greedy, grammar-constrained generation of one answer per request under the specialist's contract.
+
+        Tool calls: the arguments follow the named tool's JSON schema. `tools_chosen[i]`, when given, fixes the
+        tool of request i (chosen by the task gate): its name is written into the prompt and only the
+        arguments are generated and scored. Parameters the teacher always copies from the conversation
+        (`self.copied`, learned at training) may only take identifier tokens the conversation contains.
+        Other contracts: JSON under the request's (or the learned) schema, one of the labels, an Action step,
+        or short text ending on the end-of-turn token.
         """
+        contract = self.contract
+        end = end_of_turn(self.tokenizer) if self.tokenizer is not None else ""
         chosen_tools = tools_chosen or [None] * len(requests)
         prompts, grammars, prefixes = [], [], []
-        for (messages, tools), tool in zip(requests, chosen_tools, strict=True):
-            names = tool_names({"tools": tools})
-            schemas = restrict_schemas(tool_schemas(tools), self.copied, messages)
-            grammar = ToolCallGrammar([tool] if tool else names, self.max_string, schemas)
+        for request, tool in zip(requests, chosen_tools, strict=True):
+            messages = request.get("messages") or []
+            grammar = grammar_for(contract, request, end, self.max_string, self.copied, tool)
             prefix = ""
-            if tool:
+            if tool and contract.kind == "tool_call":
                 prefix = tool  # no trailing space: the model writes " {" as it learned to
-                if tool not in names or not grammar.feed(prefix):
+                if tool not in tool_names(request) or not grammar.feed(prefix):
                     raise ValueError(f"tool {tool!r} is not offered by the request")
             prompts.append(self.prompt(messages) + prefix)
             grammars.append(grammar)
@@ -211,15 +234,20 @@ class ToolCallRuntime:
         results = []
         for completion, prefix in zip(self.complete(prompts, grammars, stop_below), prefixes, strict=True):
             text = prefix + completion.text
+            if end and text.endswith(end):
+                text = text[: -len(end)]
             lps = completion.logprobs or [-math.inf]
+            value = contract.parse(text) if completion.done else None
             results.append(
                 Generation(
                     text=text,
-                    call=parse_target(text) if completion.done else None,
+                    call=value if isinstance(value, ToolCall) else None,
                     min_logprob=min(lps),
                     mean_logprob=sum(lps) / len(lps),
                     tokens=len(completion.logprobs),
                     stopped_early=completion.stopped_early,
+                    value=value,
+                    complete=completion.done,
                 )
             )
         return results

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 from downsize.artifacts import EvalReport
 from downsize.backends.decoding import ToolCallRuntime
-from downsize.config import TrainConfig, resolve
+from downsize.config import train_config_of
+from downsize.contracts import OutputContract
 from downsize.copying import load_copied
 from downsize.errors import ConfigError
 from downsize.prompting import PromptBudget
@@ -61,7 +62,10 @@ def runtime_for(
     one merged copy of the student per specialist (no sharing): it is the reference, not the serving path.
     """
     engine = resolve_engine(engine, specialist)
-    train_cfg = resolve(TrainConfig, {k: v for k, v in specialist.config.items() if k != "task_tools"})
+    contract = OutputContract.from_dict(specialist.config.get("contract"))
+    if contract.kind != "tool_call":  # a JSON object or a sentence needs the budget it was trained for
+        max_new_tokens = max(max_new_tokens, contract.max_tokens)
+    train_cfg = train_config_of(specialist.config)
     budget = PromptBudget(train_cfg.max_prompt_tokens, train_cfg.max_message_tokens)
     runtime: ToolCallRuntime
     if engine == "llamacpp":
@@ -77,4 +81,5 @@ def runtime_for(
             specialist.base_model, specialist.adapter_path, budget, max_new_tokens=max_new_tokens
         )
     runtime.copied, runtime.copied_in_prompt = load_copied(specialist.adapter_path)
+    runtime.contract = contract
     return runtime

@@ -27,7 +27,6 @@ from typing import Any
 
 from downsize.backends.decoding import Completion, TokenTexts, ToolCallRuntime, constrained_greedy
 from downsize.backends.gguf_lora import gguf_lora_for, gguf_metadata
-from downsize.backends.student_prompt import build_prompt
 from downsize.backends.students import OFFLINE_STUDENTS, specialist_artifact, student_folder
 from downsize.errors import ConfigError
 from downsize.prompting import PromptBudget
@@ -405,11 +404,6 @@ class LlamaCppRuntime(ToolCallRuntime):
         """Free the student when this runtime loaded its own (a pool's students are freed by the pool)."""
         if self._own:
             self.student.close()
-
-    def prompt(self, messages: list[dict[str, Any]]) -> str:
-        return build_prompt(
-            self.tokenizer, messages, self.budget, self.copied if self.copied_in_prompt else None
-        )
 
     def complete(
         self, prompts: list[str], grammars: list[Any], stop_below: float | None = None

@@ -1,7 +1,7 @@
 """The specialist out of the gateway's process: a small HTTP worker that owns the model (torch lives here),
 and the client the gateway's router uses to reach it. The gateway process never imports torch.
 
-Worker: `POST /generate` `{messages, tools, stop_below, tool}` -> a Generation as JSON; `GET /health`.
+Worker: `POST /generate` `{messages, tools, stop_below, tool, response_format}` -> a Generation as JSON; `GET /health`.
 Client: `RemoteRuntime(url)` implements the router's `SpecialistRuntime` over loopback HTTP (stdlib only:
 the router calls it from its own thread, one request at a time).
 """
@@ -34,18 +34,22 @@ def generation_to_json(gen: Generation) -> dict[str, Any]:
         "mean_logprob": _float(gen.mean_logprob),
         "tokens": gen.tokens,
         "stopped_early": gen.stopped_early,
+        "complete": gen.complete,
     }
 
 
 def generation_from_json(data: dict[str, Any]) -> Generation:
+    """A worker's generation; its `value` is read again from the text by the caller's contract (`complete`)."""
     call = data.get("call")
+    parsed = ToolCall(call["name"], call["arguments"]) if call else None
     return Generation(
         text=str(data["text"]),
-        call=ToolCall(call["name"], call["arguments"]) if call else None,
+        call=parsed,
         min_logprob=float(data["min_logprob"]),
         mean_logprob=float(data["mean_logprob"]),
         tokens=int(data["tokens"]),
         stopped_early=bool(data.get("stopped_early")),
+        complete=bool(data.get("complete")),
     )
 
 
@@ -56,6 +60,7 @@ def create_worker_app(runtime: Any) -> Any:
     several specialists, each made on its first request.
     """
     import asyncio
+    from functools import partial
 
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -75,8 +80,12 @@ def create_worker_app(runtime: Any) -> Any:
                 chosen = runtime
                 if callable(runtime):
                     chosen = await asyncio.to_thread(runtime, body.get("specialist"))
+                fmt = body.get("response_format")  # only JSON specialists read it
+                extra = {"response_format": fmt} if fmt else {}
                 gen = await asyncio.to_thread(
-                    chosen.generate, messages, tools, body.get("stop_below"), body.get("tool")
+                    partial(
+                        chosen.generate, messages, tools, body.get("stop_below"), body.get("tool"), **extra
+                    )
                 )
             except (ValueError, DownsizeError) as exc:
                 return JSONResponse({"error": str(exc)}, status_code=400)
@@ -102,12 +111,14 @@ class RemoteRuntime:
         tools: list[dict[str, Any]],
         stop_below: float | None = None,
         tool: str | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> Generation:
         payload = {
             "messages": messages,
             "tools": tools,
             "stop_below": stop_below,
             "tool": tool,
+            "response_format": response_format,
             "specialist": self.specialist,
         }
         request = urllib.request.Request(

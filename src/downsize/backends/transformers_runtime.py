@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from downsize.backends.decoding import Completion, TokenTexts, ToolCallRuntime, constrained_greedy
-from downsize.backends.student_prompt import build_prompt
 from downsize.backends.students import load_specialist_model
 from downsize.prompting import PromptBudget
 
@@ -115,11 +114,6 @@ class TransformersRuntime(ToolCallRuntime):
     @property
     def vocab(self) -> list[str]:
         return self.token_texts.texts
-
-    def prompt(self, messages: list[dict[str, Any]]) -> str:
-        return build_prompt(
-            self.tokenizer, messages, self.budget, self.copied if self.copied_in_prompt else None
-        )
 
     def complete(
         self, prompts: list[str], grammars: list[Any], stop_below: float | None = None

@@ -131,10 +131,18 @@ def eval_cmd(
     report = evaluate_specialist(store, sp, config, engine=engine)
     t = report.test_tool_calls
     thr = report.threshold
-    click.echo(f"specialist {sp.name} (id {sp.id}) on {t.calls} held-out test tool calls in its scope:")
-    click.echo(f"  tool-name accuracy   {t.tool_name_accuracy:.3f}")
-    click.echo(f"  exact agreement      {t.exact_agreement:.3f} (lower95 {t.exact_agreement_lower95:.3f})")
-    click.echo(f"  valid calls          {t.valid_share:.3f}")
+    noun = "tool calls" if report.kind == "tool_call" else f"{report.kind} answers"
+    click.echo(f"specialist {sp.name} (id {sp.id}) on {t.calls} held-out test {noun} in its scope:")
+    if t.tool_name_accuracy is not None:
+        click.echo(f"  tool-name accuracy   {t.tool_name_accuracy:.3f}")
+    click.echo(
+        f"  exact agreement      {t.exact_agreement:.3f} (lower95 {t.exact_agreement_lower95:.3f}; the rule served)"
+    )
+    if t.graded_score is not None:
+        click.echo(
+            f"  graded score         {t.graded_score:.3f} (field F1 / similarity: reported, not served on)"
+        )
+    click.echo(f"  valid answers        {t.valid_share:.3f}")
     if thr is None:
         click.echo(
             f"  no threshold reaches {config.target_agreement:.0%} agreement on validation: "
@@ -147,12 +155,12 @@ def eval_cmd(
             "validation calls)"
         )
         click.echo(
-            f"  validation at thr    served {v.served} ({v.served_share:.1%} of tool calls), "
+            f"  validation at thr    served {v.served} ({v.served_share:.1%} of {noun}), "
             f"agreement {v.agreement:.3f}"
         )
         a = report.test.at_threshold
         click.echo(
-            f"  test at thr          served {a.served} ({a.served_share:.1%} of tool calls), "
+            f"  test at thr          served {a.served} ({a.served_share:.1%} of {noun}), "
             f"agreement {a.agreement:.3f} (lower95 {a.agreement_lower95:.3f})"
         )
     click.echo(

@@ -15,10 +15,12 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from downsize.contracts import OutputContract
 from downsize.decide.gate import TaskGate
 from downsize.decide.validate import validate_call
 from downsize.prompting import TEXT_REPLY
 from downsize.shapes import tool_names
+from downsize.sites import site_key
 from downsize.types import Generation, Specialist, ToolCall
 
 if TYPE_CHECKING:
@@ -42,9 +44,18 @@ class Scope:
     tasks: frozenset[str] = frozenset()
     assigner: Assigner | None = None
     agent: str | None = None  # the agent it was trained for; None: any
+    kind: str = "tool_call"  # the output contract's kind
+    sites: frozenset[str] = frozenset()  # other kinds: the call sites (`sites.site_key`) it was trained on
 
     def call_site(self, request: dict[str, Any]) -> str | None:
         """None when the request is one this specialist's call site could answer, else why not."""
+        if (request.get("n") or 1) != 1:
+            return "n_not_1"
+        if self.kind != "tool_call":
+            site = site_key(request)
+            if site.startswith("tools:"):
+                return "tools_offered"  # the teacher could call a tool: not this specialist's call site
+            return None if not self.sites or site in self.sites else "other_site"
         names = frozenset(tool_names(request))
         if not names:
             return "no_tools"
@@ -52,8 +63,6 @@ class Scope:
             return "other_tools"
         if request.get("tool_choice") == "none":
             return "tool_choice_none"
-        if (request.get("n") or 1) != 1:
-            return "n_not_1"
         return None
 
     def task(
@@ -81,6 +90,17 @@ def scope_of(store: Store, sp: Specialist) -> Scope:
         tasks=tasks,
         assigner=assigner,
         agent=sp.config.get("agent"),
+        kind=OutputContract.from_dict(sp.config.get("contract")).kind,
+        sites=frozenset(sp.config.get("sites") or []),
+    )
+
+
+def decider_of(sp: Specialist, threshold: float | None) -> Decider:
+    """A stored specialist's decider: its task gate (tool calls), its output contract, this threshold."""
+    return Decider(
+        gate=TaskGate.load(sp.adapter_path),
+        threshold=threshold,
+        contract=OutputContract.from_dict(sp.config.get("contract")),
     )
 
 
@@ -105,6 +125,7 @@ class Decision:
     valid: bool = False
     confidence: float = -math.inf
     call: ToolCall | None = None
+    value: Any = None  # the answer under the contract (the call, for tool calls)
     candidate: str | None = None
     tokens: int = 0
     details: dict[str, Any] = field(default_factory=dict)
@@ -116,10 +137,12 @@ class Decision:
 
 @dataclass
 class Decider:
-    """A specialist's gate and threshold; `threshold=None` decides for calibration (nothing cut)."""
+    """A specialist's gate, threshold and output contract; `threshold=None` decides for calibration (nothing
+    cut)."""
 
     gate: TaskGate | None = None
     threshold: float | None = None
+    contract: OutputContract = field(default_factory=lambda: OutputContract("tool_call"))
 
     def before(self, request: dict[str, Any]) -> Plan | Decision:
         """The gate's step: a Plan for generation, or the Decision already (a text reply, an unoffered tool,
@@ -138,21 +161,27 @@ class Decider:
         return Plan(tool=gated.label, gate_logp=logp, gate_note=note)
 
     def after(self, request: dict[str, Any], plan: Plan, generation: Generation) -> Decision:
-        """The verdict on a generated call: validation, then confidence against the threshold."""
+        """The verdict on a generated answer: validation under the contract, then confidence against the
+        threshold."""
         confidence = min(generation.min_logprob, plan.gate_logp)
+        value = generation.value if generation.value is not None else generation.call
+        if value is None and generation.complete and self.contract.kind != "tool_call":
+            value = self.contract.parse(generation.text)  # a worker's generation: read by this contract
         decision = Decision(
             "accept",
             confidence=confidence,
-            call=generation.call,
+            call=value if isinstance(value, ToolCall) else None,
+            value=value,
             candidate=generation.text[:2000],
             tokens=generation.tokens,
         )
         if generation.stopped_early:
             decision.reason, decision.valid = "low_confidence", True
             return decision
-        problem = (
-            validate_call(generation.call, request.get("tools") or []) if generation.call else "incomplete"
-        )
+        if self.contract.kind == "tool_call":
+            problem = validate_call(value, request.get("tools") or []) if value is not None else "incomplete"
+        else:
+            problem = self.contract.validate(value, request)
         if problem:
             decision.reason = "invalid_output:" + problem.split(":", 1)[0]
             decision.candidate = f"{generation.text[:1500]} [{problem}]"

@@ -10,64 +10,13 @@ one signature (the recent conversation). A system prompt is a template when its 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from downsize.prompting import cut_chars, render_message
 from downsize.shapes import tool_names
-
-# Order matters: the specific shapes first, bare numbers last.
-_MASKS: list[tuple[re.Pattern[str], str]] = [
-    (
-        re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"),
-        "<UUID>",
-    ),
-    (re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"), "<EMAIL>"),
-    (re.compile(r"\bhttps?://[^\s\"'<>]+"), "<URL>"),
-    (
-        re.compile(
-            r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b"
-            r"|\b\d{1,2}/\d{1,2}/\d{2,4}\b"
-            r"|\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.? \d{1,2}(?:st|nd|rd|th)?,? \d{4}\b"
-            r"|\b\d{1,2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]* \d{4}\b"
-        ),
-        "<DATE>",
-    ),
-    (re.compile(r"\b\d{1,2}:\d{2}(?::\d{2})?(?:\s?[AaPp][Mm])?\b"), "<TIME>"),
-    (re.compile(r"\b[0-9a-fA-F]{16,}\b"), "<HEX>"),
-    (re.compile(r"\b(?=[A-Za-z_]*\d)(?=\d*[A-Za-z_])[A-Za-z0-9_-]{5,}\b"), "<ID>"),  # letters and digits
-    (re.compile(r"[$€£]?\b\d+(?:[.,]\d+)*\b%?"), "<NUM>"),
-]
-_WORD = re.compile(r"\S+")
-
-
-def mask_variables(text: str) -> str:
-    """The template of a text: dates, times, ids, emails, URLs and numbers replaced by placeholders."""
-    for pattern, placeholder in _MASKS:
-        text = pattern.sub(placeholder, text)
-    return text
-
-
-def short_hash(text: str, length: int = 10) -> str:
-    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:length]
-
-
-def _content(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)
-
-
-def system_prompt(request: dict[str, Any]) -> str:
-    """Every system (or developer) message of a request, joined."""
-    messages = request.get("messages") or []
-    return "\n".join(
-        _content(m) for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")
-    )
+from downsize.sites import WORD, mask_variables, short_hash, system_prompt
 
 
 @dataclass
@@ -110,10 +59,10 @@ class TemplateIndex:
     def _closest(self, masked: str) -> str | None:
         if self.similarity >= 1.0 or not self.templates:
             return None
-        words = _WORD.findall(masked)
+        words = WORD.findall(masked)
         best, best_ratio = None, self.similarity
         for template_id, text in list(self.templates.items())[: self.max_compare]:
-            other = _WORD.findall(text)
+            other = WORD.findall(text)
             matcher = difflib.SequenceMatcher(None, words, other, autojunk=False)
             if matcher.real_quick_ratio() < best_ratio or matcher.quick_ratio() < best_ratio:
                 continue

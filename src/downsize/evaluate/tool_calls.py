@@ -19,9 +19,9 @@ from tqdm import tqdm
 from downsize.artifacts import EvalReport, SplitFigures, ToolCallFigures
 from downsize.backends.engines import resolve_engine, runtime_for
 from downsize.calls import CallSelection, select_calls
-from downsize.config import EvalConfig, TrainConfig, home, resolve
-from downsize.decide.decision import Decider, Decision, Plan, scope_of
-from downsize.decide.gate import TaskGate
+from downsize.config import EvalConfig, home, train_config_of
+from downsize.contracts import OutputContract, answer_of
+from downsize.decide.decision import Decider, Decision, Plan, decider_of, scope_of
 from downsize.errors import ConfigError
 from downsize.evaluate.metrics import (
     TARGETS,
@@ -30,7 +30,6 @@ from downsize.evaluate.metrics import (
     by_target,
     calibrate,
     curve,
-    exact_match,
     wilson_lower,
 )
 from downsize.shapes import response_message, tool_calls
@@ -44,14 +43,15 @@ def teacher_call(ex: Exchange) -> Any:
     return calls[0] if calls else None
 
 
-def scored(ex: Exchange, decision: Decision) -> Scored:
-    """A calibration decision (threshold None) against the teacher's logged answer."""
-    reference = teacher_call(ex)
+def scored(ex: Exchange, decision: Decision, contract: OutputContract | None = None) -> Scored:
+    """A calibration decision (threshold None) against the teacher's logged answer, by the contract's strict
+    rule (`OutputContract.agrees`)."""
+    contract = contract or OutputContract("tool_call")
     return Scored(
         confidence=decision.confidence,
         valid=decision.valid,
-        agrees=decision.valid and exact_match(decision.call, reference),
-        teacher_called=reference is not None,
+        agrees=decision.valid and contract.agrees(decision.value, ex.response),
+        teacher_called=answer_of(contract.kind, ex.response) is not None,
     )
 
 
@@ -74,15 +74,48 @@ def decide_all(
         for start in range(0, len(todo), batch_size):
             idx = todo[start : start + batch_size]
             plans = [steps[i] for i in idx]
-            batch = [(exchanges[i].request["messages"], exchanges[i].request.get("tools") or []) for i in idx]
             chosen = [p.tool for p in plans if isinstance(p, Plan)]
+            requests = [exchanges[i].request for i in idx]
             for i, plan, gen in zip(
-                idx, plans, runtime.generate_batch(batch, tools_chosen=chosen), strict=True
+                idx, plans, runtime.generate_requests(requests, tools_chosen=chosen), strict=True
             ):
                 assert isinstance(plan, Plan)
                 out[i] = decider.after(exchanges[i].request, plan, gen)
             bar.update(len(idx))
     return [out[i] for i in range(len(exchanges))]
+
+
+def graded_score(
+    contract: OutputContract, exchanges: list[Exchange], decisions: list[Decision]
+) -> float | None:
+    """The mean graded score of valid answers against the teacher's (0 for an invalid one): argument or field
+    F1 for calls, JSON and Action steps, 1/0 for labels, MiniLM similarity for text. Reported beside the
+    strict rule, never served on."""
+    if not exchanges:
+        return None
+    from downsize.evaluate.outputs import score_output, score_texts
+
+    if contract.kind == "text":
+        pairs = [
+            (d.value, answer_of("text", ex.response)) for ex, d in zip(exchanges, decisions, strict=True)
+        ]
+        valid = [i for i, (v, _) in enumerate(pairs) if v is not None]
+        scores = score_texts([pairs[i][0] for i in valid], [pairs[i][1] for i in valid]) if valid else []
+        return sum(s.score for s in scores) / len(exchanges)
+    total = 0.0
+    for ex, d in zip(exchanges, decisions, strict=True):
+        reference = answer_of(contract.kind, ex.response)
+        if d.value is None or reference is None:
+            continue
+        if contract.kind == "tool_call":
+            total += score_output("tool_call", [d.value], [reference]).score
+        elif contract.kind == "json":
+            total += score_output("json", d.value, reference).score
+        elif contract.kind == "react":
+            total += score_output("json", asdict(d.value), asdict(reference)).score
+        else:
+            total += float(d.value == reference)
+    return total / len(exchanges)
 
 
 def evaluate_specialist(
@@ -100,7 +133,7 @@ def evaluate_specialist(
     the given `runtime`) is recorded: the threshold holds for the engine it was calibrated on.
     """
     started = time.perf_counter()
-    train_cfg = resolve(TrainConfig, {k: v for k, v in specialist.config.items() if k != "task_tools"})
+    train_cfg = train_config_of(specialist.config)
     engine = getattr(runtime, "engine", None) or resolve_engine(engine, specialist)
     runtime = runtime or runtime_for(specialist, config.max_new_tokens, engine=engine)
     scope = scope_of(store, specialist)
@@ -109,13 +142,18 @@ def evaluate_specialist(
     def in_scope(ex: Exchange) -> bool:  # the router's own dispatch rule: call site, then task
         return scope.call_site(ex.request) is None and scope.task(ex.request, ex.agent, ex.task_hint) is None
 
+    contract = OutputContract.from_dict(specialist.config.get("contract"))
+    # every answer kind the router meets at the call site: text replies too, since the router cannot know
+    # the teacher would reply in text there (counted against the specialist when it serves)
+    kinds = ("tool_call", "text") if contract.kind == "tool_call" else ("tool_call", "json", "text")
+
     def held_out(role: str) -> tuple[list[Exchange], int]:
         """The role's calls the router would send this specialist; `limit` caps each kind (quick looks)."""
         selection = CallSelection(
             source=specialist.config.get("source"),
             agent=specialist.config.get("agent"),
             role=role,
-            kinds=("tool_call", "text"),  # text replies too: the router cannot know the teacher would reply
+            kinds=kinds,
             include_hci=True,
             validation_fraction=train_cfg.validation_fraction,
         )
@@ -124,7 +162,7 @@ def evaluate_specialist(
         if config.limit is not None and role == "test":
             kept = {
                 ex.id
-                for kind in ("tool_call", "text")
+                for kind in kinds
                 for ex in [e for e in inside if e.response_kind == kind][: config.limit]
             }
             inside = [ex for ex in inside if ex.id in kept]
@@ -132,7 +170,8 @@ def evaluate_specialist(
 
     validation, offered = held_out("validation")
     test_all, _ = held_out("test")
-    test = [ex for ex in test_all if ex.response_kind == "tool_call"]
+    is_answer = [answer_of(contract.kind, ex.response) is not None for ex in test_all]
+    test = [ex for ex, fits in zip(test_all, is_answer, strict=True) if fits]
     if not validation:
         tasks = ", ".join(sorted(specialist.config.get("tasks") or [])) or "its call site"
         raise ConfigError(
@@ -145,22 +184,24 @@ def evaluate_specialist(
                 else "the source has too few workflows for a validation split; import more logs"
             )
         )
-    decider = Decider(gate=TaskGate.load(specialist.adapter_path))
+    decider = decider_of(specialist, None)
     val_decisions = decide_all(runtime, validation, decider, config.batch_size, "eval validation", progress)
     all_decisions = decide_all(runtime, test_all, decider, config.batch_size, "eval test", progress)
-    val_scored = [scored(ex, d) for ex, d in zip(validation, val_decisions, strict=True)]
-    all_scored = [scored(ex, d) for ex, d in zip(test_all, all_decisions, strict=True)]
-    is_call = [ex.response_kind == "tool_call" for ex in test_all]
-    test_scored = [s for s, call in zip(all_scored, is_call, strict=True) if call]
-    test_decisions = [d for d, call in zip(all_decisions, is_call, strict=True) if call]
+    val_scored = [scored(ex, d, contract) for ex, d in zip(validation, val_decisions, strict=True)]
+    all_scored = [scored(ex, d, contract) for ex, d in zip(test_all, all_decisions, strict=True)]
+    test_scored = [s for s, fits in zip(all_scored, is_answer, strict=True) if fits]
+    test_decisions = [d for d, fits in zip(all_decisions, is_answer, strict=True) if fits]
     threshold = calibrate(val_scored, config.target_agreement)
     targets = by_target(val_scored, all_scored, sorted({*TARGETS, config.target_agreement}))
 
-    names_right = sum(
-        1
-        for ex, d in zip(test, test_decisions, strict=True)
-        if d.call is not None and teacher_call(ex) is not None and d.call.name == teacher_call(ex).name
-    )
+    def same_tool(ex: Exchange, d: Decision) -> bool:
+        reference = answer_of(contract.kind, ex.response)
+        if contract.kind == "tool_call":
+            return d.call is not None and reference is not None and d.call.name == reference.name
+        return d.value is not None and reference is not None and d.value.action == reference.action
+
+    names_right = sum(1 for ex, d in zip(test, test_decisions, strict=True) if same_tool(ex, d))
+    named = contract.kind in ("tool_call", "react")
     exact = sum(s.agrees for s in test_scored)
     n = len(test)
     report = EvalReport(
@@ -177,23 +218,25 @@ def evaluate_specialist(
         ),
         test_tool_calls=ToolCallFigures(
             calls=n,
-            tool_name_accuracy=names_right / n if n else 0.0,
+            tool_name_accuracy=(names_right / n if n else 0.0) if named else None,
             exact_agreement=exact / n if n else 0.0,
             exact_agreement_lower95=wilson_lower(exact, n),
             valid_share=sum(s.valid for s in test_scored) / n if n else 0.0,
             at_threshold=at_threshold(test_scored, threshold),
             curve=[asdict(p) for p in curve(test_scored)],
+            graded_score=graded_score(contract, test, test_decisions),
         ),
         # every test call in scope, text replies included: what the router would serve, as in the replay
         test=SplitFigures(calls=len(test_all), at_threshold=at_threshold(all_scored, threshold)),
         by_target=targets,
         seconds=time.perf_counter() - started,
+        kind=contract.kind,
         # raw calls of a curated specialist stay out of its artifacts: only their ids then
         examples=[
             {"exchange": ex.id}
             if curated
             else {
-                "teacher": teacher_call(ex).canonical() if teacher_call(ex) else None,
+                "teacher": contract.target(ex.response),
                 "student": d.candidate,
                 "confidence": d.confidence,
             }

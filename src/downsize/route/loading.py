@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from downsize.decide.decision import Decider, scope_of
-from downsize.decide.gate import TaskGate
+from downsize.decide.decision import decider_of, scope_of
 from downsize.errors import NoSpecialistError
 from downsize.route.router import Router, Slot
 from downsize.store import Store
@@ -68,7 +67,7 @@ def load_router(
             Slot(
                 specialist=sp,
                 scope=scope_of(store, sp),
-                decider=Decider(gate=TaskGate.load(sp.adapter_path), threshold=value),
+                decider=decider_of(sp, value),
                 make_runtime=lambda sp=sp: factory(sp),  # type: ignore[misc]
                 shadow=sp.status == "shadow",
             )

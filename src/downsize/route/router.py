@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from downsize.contracts import OutputContract
 from downsize.decide.decision import Decider, Decision, Plan, Scope
 from downsize.decide.gate import TaskGate
 from downsize.shapes import completion
@@ -80,12 +81,17 @@ class Router:
         shadow: bool = False,
         assigner: Any = None,
         tasks: frozenset[str] = frozenset(),
+        contract: OutputContract | None = None,
+        sites: frozenset[str] = frozenset(),
     ) -> Router:
         """A router of one specialist whose runtime is already made (tests, the demo, benchmarks)."""
+        contract = contract or OutputContract("tool_call")
         slot = Slot(
             specialist=specialist,
-            scope=Scope(task_tools=task_tools, tasks=tasks, assigner=assigner),
-            decider=Decider(gate=gate, threshold=threshold),
+            scope=Scope(
+                task_tools=task_tools, tasks=tasks, assigner=assigner, kind=contract.kind, sites=sites
+            ),
+            decider=Decider(gate=gate, threshold=threshold, contract=contract),
             make_runtime=lambda: runtime,
             shadow=shadow,
         )
@@ -146,8 +152,15 @@ class Router:
             return finish(step.reason, step)
         plan: Plan = step
         try:
+            extra = (
+                {} if slot.scope.kind == "tool_call" else {"response_format": request.get("response_format")}
+            )
             gen = slot.runtime.generate(
-                request["messages"], request["tools"], stop_below=slot.decider.threshold, tool=plan.tool
+                request["messages"],
+                request.get("tools") or [],
+                stop_below=slot.decider.threshold,
+                tool=plan.tool,
+                **extra,
             )
         except Exception as exc:  # any runtime failure must fall back, never fail the agent's call
             decision.candidate = f"{type(exc).__name__}: {exc}"[:500]
@@ -159,21 +172,7 @@ class Router:
             return finish("shadow", verdict)
         outcome = finish("served", verdict)
         decision.served = True
-        assert verdict.call is not None
-        message = {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": f"call_ds_{uuid.uuid4().hex[:20]}",
-                    "type": "function",
-                    "function": {
-                        "name": verdict.call.name,
-                        "arguments": json.dumps(verdict.call.arguments, ensure_ascii=False),
-                    },
-                }
-            ],
-        }
+        message = answer_message(slot.decider.contract, verdict)
         response = completion(
             message,
             f"downsize/{specialist.name}",
@@ -184,3 +183,24 @@ class Router:
         response["system_fingerprint"] = f"downsize-specialist-{specialist.id}"
         outcome.response = response
         return outcome
+
+
+def answer_message(contract: OutputContract, verdict: Decision) -> dict[str, Any]:
+    """The assistant message that serves an accepted answer: a tool call, or the contract's text content."""
+    if contract.kind != "tool_call":
+        return contract.message(verdict.value)
+    assert verdict.call is not None
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": f"call_ds_{uuid.uuid4().hex[:20]}",
+                "type": "function",
+                "function": {
+                    "name": verdict.call.name,
+                    "arguments": json.dumps(verdict.call.arguments, ensure_ascii=False),
+                },
+            }
+        ],
+    }

@@ -5,16 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from downsize.backends.student_prompt import build_prompt, end_of_turn
 from downsize.calls import CallSelection, select_calls
 from downsize.config import TrainConfig
+from downsize.contracts import OutputContract, content_text, detect_contract
 from downsize.copying import Copied
 from downsize.errors import ConfigError
-from downsize.prompting import PromptBudget, render_target
-from downsize.shapes import response_message, tool_calls, tool_names
+from downsize.prompting import PromptBudget
+from downsize.sites import site_key
 from downsize.store import Store
 from downsize.types import Exchange
 
@@ -43,29 +44,58 @@ def selection(
         tasks=tuple(config.tasks),
         discovery_run=config.discovery_run,
         tool_set=frozenset(config.tools) if config.tools else None,
+        site=config.site,
         curated=config.curated,
         validation_fraction=config.validation_fraction,
     )
 
 
-def training_exchanges(store: Store, config: TrainConfig, role: str = "train") -> list[Exchange]:
-    """The tool-call exchanges a config trains on (masked with `curated`), from one call site.
+def answer_kinds(kind: str) -> tuple[str, ...]:
+    """The stored response kinds a contract kind trains on (auto: every answer kind)."""
+    if kind == "tool_call":
+        return ("tool_call",)
+    if kind == "auto":
+        return ("tool_call", "json", "text")
+    return ("json", "text")
 
-    A specialist answers one call site (the tool set its requests offer). Without --task, a store holding
-    several call sites (several agents, or one agent with several tool sets) must be narrowed first.
+
+def training_exchanges(store: Store, config: TrainConfig, role: str = "train") -> list[Exchange]:
+    """The exchanges a config trains on (masked with `curated`), from one call site.
+
+    A specialist answers one call site (`sites.site_key`: the tool set its requests offer, else its system
+    prompt's template). Without --task, a store holding several call sites (several agents, or one agent with
+    several steps) must be narrowed first. A call site that offers tools trains on its tool calls (the text
+    replies there are the task gate's to learn); any other trains on its text and JSON answers.
     """
-    chosen = select_calls(store, selection(config, role)).exchanges
-    sites = Counter(frozenset(tool_names(ex.request)) for ex in chosen)
+    chosen = select_calls(store, selection(config, role, answer_kinds(config.kind))).exchanges
+    sites = Counter(site_key(ex.request) for ex in chosen)
     if len(sites) > 1 and not config.tasks:
-        listed = "; ".join(
-            f"{n} calls offering {', '.join(sorted(tools))[:80]}" for tools, n in sites.most_common(5)
-        )
+        listed = "; ".join(f"{n} calls at {site[:90]}" for site, n in sites.most_common(5))
         raise ConfigError(
-            f"the selected calls come from {len(sites)} call sites (tool sets): {listed}. Pick one with "
-            "--agent, --source or --tools NAME,..., or train discovered tasks with --task KEY or --suitable "
-            "(`downsize tasks`)"
+            f"the selected calls come from {len(sites)} call sites: {listed}. Pick one with --site KEY "
+            "(`downsize sites` lists them), --agent, --source or --tools NAME,..., or train discovered tasks "
+            "with --task KEY or --suitable (`downsize tasks`)"
         )
+    if config.kind == "auto" and any(site.startswith("tools:") for site in sites):
+        chosen = [ex for ex in chosen if ex.response_kind == "tool_call"]
     return chosen
+
+
+def contract_for(config: TrainConfig, exchanges: list[Exchange]) -> OutputContract:
+    """The output contract of the training calls: detected, and checked against the kind asked for.
+
+    `--kind text` trains long free text too (a user's opt-in); any other kind must be the one detected.
+    """
+    found = detect_contract(exchanges)
+    if config.kind in ("auto", found.kind):
+        return found
+    if config.kind == "text" and found.kind in ("long_text", "label"):
+        longest = max((len(t) for ex in exchanges if (t := content_text(ex.response))), default=0)
+        return replace(found, kind="text", max_tokens=max(16, int(longest / 3.5 * 1.25) + 8))
+    raise ConfigError(
+        f"the training calls are {found.kind} answers ({found.reason}), not {config.kind}: "
+        f"train with --kind {found.kind} or --kind auto"
+    )
 
 
 def resolve_tasks(store: Store, config: TrainConfig) -> TrainConfig:
@@ -107,23 +137,38 @@ def resolve_tasks(store: Store, config: TrainConfig) -> TrainConfig:
 
 
 def build_examples(
-    exchanges: list[Exchange], tokenizer: Any, config: TrainConfig, copied: Copied | None = None
+    exchanges: list[Exchange],
+    tokenizer: Any,
+    config: TrainConfig,
+    copied: Copied | None = None,
+    contract: OutputContract | None = None,
 ) -> tuple[list[Example], int]:
-    """Tokenised examples (loss on the target only) and how many were skipped for a too-long target.
+    """Tokenised examples (loss on the target only) and how many were skipped (a target too long, or an
+    answer that does not fit the contract).
 
-    `copied` (the parameters copied from the conversation) adds their options line to each prompt, as the
-    runtime will at serving.
+    The target is the teacher's answer in the contract's form (`OutputContract.target`); the prompt carries
+    the contract's instruction. `copied` (the parameters copied from the conversation) adds their options
+    line to each prompt, as the runtime will at serving.
     """
+    contract = contract or OutputContract("tool_call")
     budget = PromptBudget(config.max_prompt_tokens, config.max_message_tokens)
+    limit = (
+        config.max_target_tokens
+        if contract.kind == "tool_call"
+        else max(config.max_target_tokens, contract.max_tokens)
+    )
     eot = end_of_turn(tokenizer)
     examples, skipped = [], 0
     for ex in exchanges:
-        calls = tool_calls(response_message(ex.response))
-        if not calls:
+        target = contract.target(ex.response)
+        if target is None:
+            skipped += contract.kind != "tool_call"  # a text reply at a tool call site is not skipped data
             continue
-        prompt = build_prompt(tokenizer, ex.request.get("messages") or [], budget, copied)
-        target_ids = list(tokenizer.encode(render_target(calls[0]) + eot, add_special_tokens=False))
-        if len(target_ids) > config.max_target_tokens:
+        prompt = build_prompt(
+            tokenizer, ex.request.get("messages") or [], budget, copied, contract.instruction
+        )
+        target_ids = list(tokenizer.encode(target + eot, add_special_tokens=False))
+        if len(target_ids) > limit:
             skipped += 1
             continue
         prompt_ids = list(tokenizer.encode(prompt, add_special_tokens=False))

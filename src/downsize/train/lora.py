@@ -16,8 +16,9 @@ from downsize.config import TrainConfig, home
 from downsize.copying import learn_copied, save_copied
 from downsize.errors import TrainingError
 from downsize.shapes import response_message, tool_calls
+from downsize.sites import site_key
 from downsize.store import Store
-from downsize.train.data import build_examples, data_hash, resolve_tasks, training_exchanges
+from downsize.train.data import build_examples, contract_for, data_hash, resolve_tasks, training_exchanges
 from downsize.train.loop import check_method_available, fit_adapter, load_training_student, save_specialist
 from downsize.types import Specialist
 
@@ -53,10 +54,15 @@ def train_specialist(
         where = f" of source {config.source!r}" if config.source else ""
         where += f" of agent {config.agent!r}" if config.agent else ""
         raise TrainingError(
-            f"no training data: the store holds no tool calls{where} in the training part of the dev split"
+            f"no training data: the store holds no calls{where} in the training part of the dev split"
             + (" of the curated view" if config.curated else "")
             + ". Import logs (`downsize import ...`) or send traffic through `downsize serve`; "
             "`downsize splits` shows what each source holds"
+        )
+    contract = contract_for(config, exchanges)
+    if not contract.specialisable:
+        raise TrainingError(
+            f"these calls are {contract.kind} ({contract.reason}); pass --kind text to train a specialist anyway"
         )
     if config.specialist is None:
         config = replace(config, specialist=default_name(config, exchanges, requested))
@@ -66,14 +72,15 @@ def train_specialist(
             for ex in exchanges
             for call in tool_calls(response_message(ex.response))
         )
-        if config.copy_arguments
+        if config.copy_arguments and contract.kind == "tool_call"
         else {}
     )
     model, tokenizer = load_training_student(config)
-    examples, skipped = build_examples(exchanges, tokenizer, config, copied)
+    examples, skipped = build_examples(exchanges, tokenizer, config, copied, contract)
     if not examples:
         raise TrainingError(
-            f"all {skipped} examples had targets over max_target_tokens={config.max_target_tokens}"
+            f"none of the {len(exchanges)} training calls made an example: {skipped} had targets over "
+            f"max_target_tokens={config.max_target_tokens} or did not fit the {contract.kind} contract"
         )
     model, stats = fit_adapter(model, tokenizer, examples, config, progress=progress)
 
@@ -101,8 +108,18 @@ def train_specialist(
         **{k: v for k, v in asdict(result).items() if k not in ("adapter_path", "losses", "specialist_id")},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    tools = sorted({name for ex in exchanges for name in _offered(ex.request)})
-    gate_stats = fit_gate(store, config, out_dir, frozenset(tools)) if config.gate else None
+    tools = (
+        sorted({name for ex in exchanges for name in _offered(ex.request)})
+        if contract.kind == "tool_call"
+        else []
+    )
+    sites = sorted({site_key(ex.request) for ex in exchanges})
+    gate_stats = (
+        fit_gate(store, config, out_dir, frozenset(tools))
+        if config.gate and contract.kind == "tool_call"
+        else None
+    )
+    train_stats["contract"] = contract.to_dict()
     save_copied(out_dir, copied)
     train_stats["copied_arguments"] = copied
     scope = SpecialistScope(
@@ -112,6 +129,8 @@ def train_specialist(
         agent=config.agent,
         source=config.source,
         curated=config.curated,
+        kind=contract.kind,
+        sites=tuple(sites),
     )
     save_specialist(
         model,
@@ -127,7 +146,7 @@ def train_specialist(
         task=",".join(config.tasks) if config.tasks else config.specialist,
         base_model=config.student,
         adapter_path=str(out_dir),
-        config={**asdict(config), "task_tools": tools},
+        config={**asdict(config), "task_tools": tools, "contract": contract.to_dict(), "sites": sites},
         data_hash=hashed,
         metrics={"train": train_stats},
     )
