@@ -415,7 +415,7 @@ def detect_contract(exchanges: Iterable[Exchange]) -> OutputContract:
     answers = [t.strip() for _, t in texts]
     counts = Counter(answers)
     if (
-        len(counts) <= MAX_LABELS
+        2 <= len(counts) <= MAX_LABELS
         and len(answers) >= 2 * len(counts)
         and max(len(a) for a in counts) <= MAX_LABEL_CHARS
     ):

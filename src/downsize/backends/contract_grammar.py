@@ -17,6 +17,25 @@ from downsize.copying import Copied, restrict_schemas
 from downsize.shapes import tool_names
 
 
+class JsonGrammar:
+    """A JSON object under a compiled schema, fed whole token texts (`JsonSchemaState` reads a character)."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: JsonSchemaState) -> None:
+        self.state = state
+
+    def copy(self) -> JsonGrammar:
+        return JsonGrammar(self.state.copy())
+
+    @property
+    def done(self) -> bool:
+        return self.state.done
+
+    def feed(self, text: str) -> bool:
+        return bool(text) and all(self.state.feed(ch) for ch in text)
+
+
 class LabelGrammar:
     """Exactly one of `labels`; `done` when the text is a label no other label extends, or after `end`."""
 
@@ -128,7 +147,7 @@ def grammar_for(
         return ToolCallGrammar([tool] if tool else tool_names(request), max_string, schemas)
     if contract.kind == "json":
         schema = contract.schema_for(request)
-        return JsonSchemaState(compile_schema(schema, contract.max_string), contract.max_string)
+        return JsonGrammar(JsonSchemaState(compile_schema(schema, contract.max_string), contract.max_string))
     if contract.kind == "label":
         return LabelGrammar(contract.labels, end)
     if contract.kind == "react":

@@ -200,8 +200,8 @@ def evaluate_specialist(
             return d.call is not None and reference is not None and d.call.name == reference.name
         return d.value is not None and reference is not None and d.value.action == reference.action
 
-    names_right = sum(1 for ex, d in zip(test, test_decisions, strict=True) if same_tool(ex, d))
     named = contract.kind in ("tool_call", "react")
+    names_right = sum(1 for ex, d in zip(test, test_decisions, strict=True) if named and same_tool(ex, d))
     exact = sum(s.agrees for s in test_scored)
     n = len(test)
     report = EvalReport(

@@ -46,6 +46,9 @@ def selection(
         tool_set=frozenset(config.tools) if config.tools else None,
         site=config.site,
         curated=config.curated,
+        # every text answer is flagged as a possible reply to a human when logged; a call site chosen for a
+        # JSON, label or text specialist is taken as machine-facing (`include_hci`)
+        include_hci=kinds is not None and kinds != ("tool_call",),
         validation_fraction=config.validation_fraction,
     )
 

@@ -1,0 +1,235 @@
+"""Every kind of narrow call, end to end on small real data: trained for a few steps, evaluated and calibrated,
+then served through one gateway with validation, and falling back upstream when not confident.
+
+- JSON under the request's schema: crewAI's memory-analysis step (`MemoryAnalysis`, its recorded gpt-4o-mini
+  answers);
+- a label: CLINC150 intent classification (utterances and labels written by people, logged as an intent
+  classifier's calls: a stand-in for an LLM classifier's traffic, since no such log ships);
+- text-format tool use: tau-airline's gpt-4o tool calls written as ReAct "Action: / Action Input:" steps (the
+  teacher's own decisions in the text format MetaGPT, LangChain and crewAI agents use);
+- short free text: crewAI's system-less one-shot calls ("Say hello", describe an image in one sentence).
+
+A few training steps teach nothing worth serving; these tests prove the mechanics of each kind (target,
+grammar, validation, routing, serving shape), not quality: `make bench-conversion` measures that.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from downsize.config import EvalConfig, GatewayConfig, TrainConfig
+from downsize.contracts import OutputContract, parse_react
+from downsize.sites import site_key
+from downsize.splits import role as split_role
+from downsize.store import Store
+from upstream_stub import StubUpstream, serve_gateway
+
+pytestmark = pytest.mark.slow
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+INTENTS = ["balance", "transfer", "freeze_account", "pay_bill", "transactions", "card_declined"]
+STEPS = {"batch_size": 4, "max_prompt_tokens": 96, "max_message_tokens": 64, "epochs": 1.0}
+
+
+def _label_log(path: Path) -> None:
+    """CLINC150 training utterances of six banking intents, as an intent classifier's logged calls."""
+    rows = json.loads((DATA / "intents" / "clinc150.json").read_text())["train"]
+    rng = random.Random(0)
+    rng.shuffle(rows)
+    system = "Classify the bank customer's message. Answer with one intent: " + ", ".join(INTENTS)
+    kept: dict[str, int] = {}
+    with path.open("w") as out:
+        for text, intent in rows:
+            if intent not in INTENTS or kept.get(intent, 0) >= 14:
+                continue
+            kept[intent] = kept.get(intent, 0) + 1
+            request = {
+                "model": "gpt-4o",
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}],
+            }
+            response = _completion(intent)
+            out.write(json.dumps({"client_id": "intents", "request": request, "response": response}) + "\n")
+
+
+def _react_log(path: Path) -> None:
+    """tau-airline's dev-split gpt-4o tool calls as ReAct steps: the conversation as text, the call as an Action."""
+    runs = json.loads((DATA / "tau-airline" / "trajectories-gpt-4o.json").read_text())
+    tools = [t["function"]["name"] for t in json.loads((DATA / "tau-airline" / "tools.json").read_text())]
+    system = (
+        "You are an airline agent. Use a tool by answering:\nAction: the tool\nAction Input: its JSON input\n"
+        f"Tools: {', '.join(tools)}"
+    )
+    with path.open("w") as out:
+        for run in runs:
+            if run["task_id"] >= 12 or run["trial"] > 1:
+                continue
+            messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+            for message in run["traj"][1:]:
+                calls = message.get("tool_calls") or []
+                if message["role"] == "assistant" and calls:
+                    fn = calls[0]["function"]
+                    step = f"Action: {fn['name']}\nAction Input: {fn['arguments']}"
+                    if fn["name"] in ("get_user_details", "get_reservation_details"):
+                        request = {"model": "gpt-4o", "messages": list(messages)}
+                        record = {
+                            "client_id": "react-agent",
+                            "session_id": f"{run['task_id']}#{run['trial']}",
+                        }
+                        out.write(
+                            json.dumps({**record, "request": request, "response": _completion(step)}) + "\n"
+                        )
+                    messages.append({"role": "assistant", "content": step})
+                elif message["role"] == "tool":
+                    messages.append({"role": "user", "content": f"Observation: {message['content']}"})
+                elif message["role"] in ("user", "assistant") and message.get("content"):
+                    messages.append({"role": message["role"], "content": message["content"]})
+
+
+def _completion(content: str) -> dict[str, Any]:
+    message = {"role": "assistant", "content": content}
+    return {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, dict[str, int]]]:
+    """One store with the four call sites, a specialist trained and evaluated for each."""
+    home = tmp_path_factory.mktemp("home")
+    previous = os.environ.get("DOWNSIZE_HOME")
+    os.environ["DOWNSIZE_HOME"] = str(home)
+    os.environ.setdefault("DOWNSIZE_MODELS", str(tmp_path_factory.mktemp("models")))
+    from downsize.evaluate.tool_calls import evaluate_specialist
+    from downsize.importers.cassettes import import_cassettes
+    from downsize.importers.openai_jsonl import import_openai_jsonl
+    from downsize.train.lora import train_specialist
+
+    store = Store.open(f"sqlite:///{home / 'kinds.db'}")
+    import_cassettes(store, [DATA / "crewai-cassettes"], agent="crewai")
+    _label_log(home / "intents.jsonl")
+    _react_log(home / "react.jsonl")
+    import_openai_jsonl(store, home / "intents.jsonl")
+    import_openai_jsonl(store, home / "react.jsonl")
+    sites = {site_key(ex.request) for ex in store.exchanges(agent="crewai")}
+    memory = next(s for s in sites if s.endswith(":MemoryAnalysis"))
+    one_shot = site_key({"messages": [{"role": "user", "content": "Say hello"}]})
+    scopes = {
+        "json": {"agent": "crewai", "site": memory, "epochs": 2.0},
+        "label": {"agent": "intents"},
+        "react": {"agent": "react-agent", "max_tokens": 6000},
+        "text": {"agent": "crewai", "site": one_shot, "max_tokens": 3000},
+    }
+    ids = {}
+    for kind, scope in scopes.items():
+        config = TrainConfig(**{**STEPS, **scope, "specialist": f"kind-{kind}"})
+        result = train_specialist(store, config, progress=False)
+        assert result.specialist_id is not None
+        ids[kind] = result.specialist_id
+        report = evaluate_specialist(
+            store,
+            store.specialist(result.specialist_id),
+            EvalConfig(limit=6, batch_size=6, target_agreement=0.5),
+            progress=False,
+        )
+        assert report.kind == kind and report.validation.calls > 0
+    yield store, ids
+    store.close()
+    if previous is None:
+        os.environ.pop("DOWNSIZE_HOME", None)
+    else:
+        os.environ["DOWNSIZE_HOME"] = previous
+
+
+@pytest.fixture
+def home_of(trained: tuple[Store, dict[str, int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trained store's $DOWNSIZE_HOME (each test gets its own otherwise): specialists live there."""
+    monkeypatch.setenv("DOWNSIZE_HOME", str(Path(trained[0].engine.url.database or "").parent))
+
+
+def test_each_kind_is_detected_and_saved_with_its_specialist(
+    trained: tuple[Store, dict[str, int]], home_of: None
+) -> None:
+    store, ids = trained
+    for kind, sp_id in ids.items():
+        sp = store.specialist(sp_id)
+        contract = OutputContract.from_dict(sp.config["contract"])
+        assert contract.kind == kind and sp.config["task_tools"] == []
+        assert sp.metrics["eval"]["kind"] == kind and "graded_score" in sp.metrics["eval"]["test_tool_calls"]
+    label = OutputContract.from_dict(store.specialist(ids["label"]).config["contract"])
+    assert set(label.labels) <= set(INTENTS) and len(label.labels) >= 4
+    react = OutputContract.from_dict(store.specialist(ids["react"]).config["contract"])
+    assert set(react.actions) == {"get_user_details", "get_reservation_details"}
+    assert (
+        OutputContract.from_dict(store.specialist(ids["json"]).config["contract"]).schema_source == "request"
+    )
+
+
+def test_one_gateway_serves_every_kind_validated_and_falls_back_when_unsure(
+    trained: tuple[Store, dict[str, int]], home_of: None
+) -> None:
+    from downsize.route.loading import load_router
+
+    store, ids = trained
+    router = load_router(store, [str(i) for i in ids.values()], threshold=-1e9)
+    assert router is not None
+    held_out: dict[str, dict[str, Any]] = {}
+    for ex in store.exchanges():
+        slot, why = router.slot_for(ex.request, ex.agent)
+        if slot is None or why is not None or split_role(ex, 0.25) == "train":  # never a call trained on
+            continue
+        kind = slot.scope.kind
+        if kind not in held_out and ex.response_kind in ("json", "text"):
+            held_out[kind] = {k: v for k, v in ex.request.items() if k != "stream"}
+    assert set(held_out) == set(ids), f"no held-out request reached {set(ids) - set(held_out)}"
+
+    stub = StubUpstream().start()
+    try:
+        with serve_gateway(GatewayConfig(upstream=stub.base_url, capture_mode="sync"), store, router) as (
+            url,
+            _,
+        ):
+            served = {kind: _post(url, body) for kind, body in held_out.items()}
+            for slot in router.slots:
+                slot.decider.threshold = 0.0  # no token is that sure: every answer falls back upstream
+            fallen = {kind: _post(url, body) for kind, body in held_out.items()}
+    finally:
+        stub.stop()
+
+    for kind, (route, reply) in served.items():
+        assert route == f"specialist:{ids[kind]}", (kind, route)
+        message = reply["choices"][0]["message"]
+        assert "tool_calls" not in message and message["content"]
+        contract = OutputContract.from_dict(store.specialist(ids[kind]).config["contract"])
+        value = contract.parse(message["content"])
+        assert contract.validate(value, held_out[kind]) is None, (kind, message["content"])
+    assert isinstance(json.loads(served["json"][1]["choices"][0]["message"]["content"]), dict)
+    assert parse_react(served["react"][1]["choices"][0]["message"]["content"]) is not None
+    for kind, (route, reply) in fallen.items():
+        assert route.startswith("fallback:") or route == "upstream", (kind, route)
+        assert reply["model"] != f"downsize/kind-{kind}"
+    decisions = [d for d in store.route_decisions() if d["reason"] == "low_confidence"]
+    assert len(decisions) == len(ids) and all(not math.isnan(d["confidence"] or 0.0) for d in decisions)
+
+
+def _post(url: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return response.headers.get("X-Downsize-Route", "upstream"), dict(json.loads(response.read()))
