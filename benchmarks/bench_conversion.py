@@ -7,11 +7,13 @@
     downsize train --suitable --budget-minutes B                  # a specialist per suitable task, one budget
     downsize eval ID                                              # each: calibrated on validation, scored on test
 
-Writes bench-results/conversion.json: per source and per task (fine tasks and tool units), the calls in each
-split role, the output kind, whether a specialist was trained (else why not), its exact agreement with the
-teacher on the held-out test calls in its scope, and the served share and agreement of the test calls at the
-thresholds calibrated on validation for targets 0.80 / 0.90 / 0.95; per source, the share of all test calls
-(tool calls and every other kind) that specialists would serve at each target. The figures are offline (the
+Writes bench-results/conversion.json: per source and per task (fine tasks, tool units and call-site units),
+the calls in each split role, the output kind (tool call, JSON, label, text-format tool use, short or long
+text), whether a specialist was trained (else why not), its exact agreement with the teacher on the held-out
+test calls of its kind in its scope (the strict rule, with the graded score beside it), and the served share
+and agreement of the test calls at the thresholds calibrated on validation for targets 0.80 / 0.90 / 0.95;
+per source, the share of all test calls, and of the non-conversational ones (every call but the text replies
+at call sites that offer tools: an agent's turns in its dialogue with a person), that specialists would serve. The figures are offline (the
 router's own decision function over the held-out calls); `tests/test_two_agents.py` proves the one gateway.
 """
 
@@ -99,14 +101,22 @@ def main() -> int:
             if task_rows[key]["output_kind"] == "tool_call" and tool:
                 sources_of_task[f"tool:{tool}"][source_of.get(ex_id, "?")] += 1
 
+    from downsize.sites import site_key
+
+    for ex in store.exchanges():
+        site = site_key(ex.request)
+        if ex.response_kind in ("json", "text") and not site.startswith("tools:"):
+            sources_of_task[f"site:{site}"][ex.source] += 1
+
     specialists = {}
     for sp in store.specialists():
         keys = sp.config.get("tasks") or []
-        unit = (
-            sp.name.replace("tool-", "tool:", 1)
-            if sp.name.startswith("tool-")
-            else (keys[0] if keys else sp.name)
-        )
+        if sp.config.get("site"):
+            unit = f"site:{sp.config['site']}"
+        elif sp.name.startswith("tool-"):
+            unit = sp.name.replace("tool-", "tool:", 1)
+        else:
+            unit = keys[0] if keys else sp.name
         specialists[unit] = sp
     evaluated: dict[str, Any] = {}
     for unit, sp in specialists.items():
@@ -135,8 +145,10 @@ def main() -> int:
         if isinstance(result, EvalReport):
             t = result.test_tool_calls
             row["specialist"] = specialists[f.task_key].id
-            row["test_tool_calls"] = t.calls
+            row["kind"] = result.kind
+            row["test_tool_calls"] = t.calls  # the test calls the teacher answered in this kind
             row["exact_agreement"] = round(t.exact_agreement, 4)
+            row["graded_score"] = round(t.graded_score, 4) if t.graded_score is not None else None
             row["exact_agreement_lower95"] = round(t.exact_agreement_lower95, 4)
             row["validation_calls"] = result.validation.calls
             row["test_calls_in_scope"] = result.test.calls
@@ -159,6 +171,10 @@ def main() -> int:
     for source in sorted({ex.source for ex in store.exchanges()}):
         test = [ex for ex in store.exchanges(source=source, split="test")]
         kinds = Counter(ex.response_kind for ex in test)
+        conversational = sum(
+            1 for ex in test if ex.response_kind == "text" and site_key(ex.request).startswith("tools:")
+        )
+        machine = len(test) - conversational
         served = {
             f"{t:.2f}": sum(
                 (r.get("by_target") or {}).get(f"{t:.2f}", {}).get("served", 0)
@@ -180,6 +196,10 @@ def main() -> int:
             "served_share_of_all_calls": {
                 k: round(v / len(test), 4) if test else 0.0 for k, v in served.items()
             },
+            "non_conversational_test_calls": machine,
+            "served_share_of_non_conversational_calls": {
+                k: round(v / machine, 4) if machine else 0.0 for k, v in served.items()
+            },
         }
 
     figures = {
@@ -199,15 +219,18 @@ def main() -> int:
     for source, s in per_source.items():
         print(
             f"  {source}: {s['test_calls']} test calls {s['test_calls_by_kind']}; {s['tasks']} tasks; "
-            f"suitable {s['suitable_units'] or 'none'}; trained {s['trained'] or 'none'}; served share of tool "
-            f"calls at 0.80/0.90/0.95: {s['served_share_of_tool_calls']}"
+            f"suitable {s['suitable_units'] or 'none'}; trained {s['trained'] or 'none'}; served share at "
+            f"0.80/0.90/0.95 of tool calls {s['served_share_of_tool_calls']}, of non-conversational calls "
+            f"({s['non_conversational_test_calls']}) {s['served_share_of_non_conversational_calls']}, of all calls "
+            f"{s['served_share_of_all_calls']}"
         )
     print("trained units:")
     for r in rows:
         if r["trained"]:
             print(
-                f"  {r['task']:<34} {r['source']:<12} exact {r.get('exact_agreement')} on {r.get('test_tool_calls')} "
-                f"test tool calls; by target {json.dumps(r.get('by_target') or r.get('eval_said'))}"
+                f"  {r['task']:<34} {r['source']:<12} {r.get('kind', r['output_kind']):<9} exact "
+                f"{r.get('exact_agreement')} (graded {r.get('graded_score')}) on {r.get('test_tool_calls')} test "
+                f"calls of its kind; by target {json.dumps(r.get('by_target') or r.get('eval_said'))}"
             )
     print(f"wrote {out} ({figures['wall_minutes']} min)")
     return 0

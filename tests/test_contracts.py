@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from downsize.shapes import completion
 from downsize.sites import site_key
 from downsize.types import Exchange, Generation, Specialist
 
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SCHEMA = {
     "type": "object",
     "properties": {"scope": {"type": "string"}, "importance": {"type": "number"}},
@@ -185,3 +187,43 @@ def test_the_router_serves_a_json_answer_as_content_and_refuses_requests_offerin
 @pytest.mark.parametrize("kind", ["json", "label", "react", "text"])
 def test_every_kind_has_an_instruction_of_its_own(kind: str) -> None:
     assert OutputContract(kind).instruction != OutputContract("tool_call").instruction
+
+
+def _intent_log(path: Any, n: int = 60) -> None:
+    """CLINC150 utterances of three intents as a classifier's logged calls (labels written by people)."""
+    rows = json.loads((DATA / "intents" / "clinc150.json").read_text())["train"]
+    kept = [
+        r
+        for intent in ("balance", "transfer", "pay_bill")
+        for r in [x for x in rows if x[1] == intent][: n // 3]
+    ]
+    with open(path, "w") as out:
+        for text, intent in kept:
+            messages = [{"role": "system", "content": "Name the intent."}, {"role": "user", "content": text}]
+            response = completion({"role": "assistant", "content": intent}, "gpt-4o", 0, "c")
+            out.write(
+                json.dumps({"client_id": "intents", "request": {"messages": messages}, "response": response})
+            )
+            out.write("\n")
+
+
+def test_the_cli_lists_call_sites_with_their_kind_and_refuses_a_wrong_kind(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from downsize.cli.main import main
+
+    _intent_log(tmp_path / "intents.jsonl")
+    db = ["--db", f"sqlite:///{tmp_path / 'sites.db'}"]
+    runner = CliRunner()
+    assert (
+        runner.invoke(main, ["import", "openai-jsonl", str(tmp_path / "intents.jsonl"), *db]).exit_code == 0
+    )
+    listed = runner.invoke(main, ["sites", "--json", *db])
+    rows = json.loads(listed.output)
+    assert len(rows) == 1 and rows[0]["kind"] == "label" and rows[0]["site"].startswith("prompt:")
+    assert rows[0]["train"] + rows[0]["validation"] + rows[0]["test"] == 60
+    table = runner.invoke(main, ["sites", *db]).output
+    assert "label" in table and rows[0]["site"] in table
+    wrong = runner.invoke(main, ["train", "--kind", "json", *db])
+    assert wrong.exit_code == 1 and "label answers" in wrong.output and "--kind label" in wrong.output
+    assert "Traceback" not in wrong.output

@@ -93,6 +93,7 @@ def tasks(run_id: int | None, limit: int, as_json: bool, db: str | None) -> None
         click.echo(json.dumps(rows, indent=2, default=str))
         return
     units = [f for f in verdicts.values() if f.task_key.startswith("tool:")]
+    sites = [f for f in verdicts.values() if f.task_key.startswith("site:")]
     suitable = [f.task_key for f in verdicts.values() if f.suitable]
     click.echo(
         f"discovery run {run_id}: {len(rows)} tasks; suitable for a specialist: "
@@ -106,6 +107,19 @@ def tasks(run_id: int | None, limit: int, as_json: bool, db: str | None) -> None
             click.echo(
                 f"  {f.task_key:<34} train {f.train:>5}  validation {f.validation:>4}  test {f.test:>4}  | {verdict}"
             )
+    if sites:
+        shown = sites if limit == 0 else sites[: max(limit, 1)]
+        click.echo(
+            "call-site units (every answer at a call site offering no tools, one specialist: `--task site:KEY`):"
+        )
+        for f in shown:
+            verdict = "yes" if f.suitable else f"no: {f.reason}"
+            click.echo(
+                f"  {f.task_key:<44} {f.output_kind:<9} train {f.train:>4}  validation {f.validation:>3}  "
+                f"test {f.test:>3}  | {verdict}"
+            )
+        if len(shown) < len(sites):
+            click.echo(f"  ... {len(sites) - len(shown)} more (`downsize tasks --limit 0` shows all)")
 
 
 def render_tasks(
@@ -122,7 +136,8 @@ def render_tasks(
             f"{r['regularity']:>7.2f} {r['suitability']:>5.2f}  {label}"
         )
         fit = (verdicts or {}).get(r["task_key"])
-        if fit is not None:
+        if fit is not None:  # the kind its answers follow (a label, JSON, text-format tool use, ...)
+            line = line.replace(f" {r['output_kind']:<9} ", f" {fit.output_kind:<9} ", 1)
             line = f"{line:<120} | " + ("yes" if fit.suitable else f"no: {fit.reason}")
         lines.append(line)
     if limit is not None and len(rows) > limit:

@@ -44,11 +44,24 @@ def _register() -> None:
     from downsize.cli.imports import register as register_imports
     from downsize.cli.models import models
     from downsize.cli.serving import demo, serve, specialist_worker
+    from downsize.cli.sites import sites
     from downsize.cli.specialists import eval_cmd, promote, specialists, train
     from downsize.cli.splits import splits
 
     register_imports(import_group)
-    for command in (splits, curate, discover, tasks, models, train, eval_cmd, promote, specialists, serve):
+    for command in (
+        splits,
+        sites,
+        curate,
+        discover,
+        tasks,
+        models,
+        train,
+        eval_cmd,
+        promote,
+        specialists,
+        serve,
+    ):
         main.add_command(command)
     main.add_command(specialist_worker)
     main.add_command(demo)

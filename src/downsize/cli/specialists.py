@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from downsize.cli.options import config_option, db_option, engine_option, json_option, open_store
-from downsize.config import TRAIN_METHODS, EvalConfig, TrainConfig, load_yaml, resolve
+from downsize.config import TRAIN_KINDS, TRAIN_METHODS, EvalConfig, TrainConfig, load_yaml, resolve
 from downsize.errors import DownsizeError
 
 
@@ -27,6 +27,15 @@ from downsize.errors import DownsizeError
 @click.option(
     "--tools",
     help="The call site: train on requests offering exactly these tools (comma-separated names).",
+)
+@click.option(
+    "--site", help="The call site by key (`downsize sites` lists them): tools:a,b or prompt:HASH[:SCHEMA]."
+)
+@click.option(
+    "--kind",
+    type=click.Choice(list(TRAIN_KINDS)),
+    help="The answers' kind (default auto: detected from the teacher's answers); --kind text also trains long "
+    "free text, which auto leaves to the LLM.",
 )
 @click.option(
     "--method",
@@ -47,8 +56,8 @@ from downsize.errors import DownsizeError
     "--task",
     "tasks",
     multiple=True,
-    help="A discovered task key (see `downsize tasks`) to train on, or tool:NAME for every tool-call task whose "
-    "dominant tool is NAME; repeat for several. Default: every tool call.",
+    help="A discovered task key (see `downsize tasks`) to train on, tool:NAME for every tool-call task whose "
+    "dominant tool is NAME, or site:KEY for every answer at a call site; repeat for several tasks.",
 )
 @click.option(
     "--discovery-run", type=int, help="The discovery run the --task keys come from (default: newest)."
@@ -63,8 +72,9 @@ from downsize.errors import DownsizeError
 def train(
     config_file: Path | None, db: str | None, suitable: bool, budget_minutes: float | None, **flags: Any
 ) -> None:
-    """Fine-tune a student on the dev split's tool calls of one call site or task (pruned prompts, loss on the
-    call only); with --suitable, one specialist per suitable discovered task.
+    """Fine-tune a student on the dev split's calls of one call site or task (pruned prompts, loss on the
+    answer only): tool calls, JSON, labels, text-format tool use or short text, as the teacher answered
+    there; with --suitable, one specialist per suitable task or unit.
 
     LoRA by default; DoRA, full fine-tuning or QLoRA with --method. Runs on a GPU when one is present.
     """
@@ -84,7 +94,7 @@ def train(
     result = train_specialist(store, config)
     click.echo(
         f"trained specialist {store.specialist(result.specialist_id).name} (id {result.specialist_id}): {result.examples} examples "
-        f"({result.skipped} skipped: target too long), {result.steps} steps = {result.epochs:.2f} epochs, "
+        f"({result.skipped} skipped: target too long or off the contract), {result.steps} steps = {result.epochs:.2f} epochs, "
         f"{result.tokens} tokens in {result.seconds / 60:.1f} min = {result.tokens_per_s:.0f} tokens/s, "
         f"final loss {result.final_loss:.3f} ({result.method}, {result.device}, {result.precision})"
     )

@@ -1,12 +1,14 @@
 """Which discovered tasks a specialist can be trained and proven on, and why not for the others.
 
-A task is suitable when its output kind is one a specialist can answer today (tool calls), it has enough
-training calls to learn from, and enough validation calls (in workflows never trained on) to calibrate a
-threshold. Every other task is listed with the reason, so a user knows what to expect before training.
+A task is suitable when its answers follow a contract a specialist can answer (`contracts.py`: tool calls,
+JSON, labels, text-format tool use, short text; not long free text), it has enough training calls to learn
+from, and enough validation calls (in workflows never trained on) to calibrate a threshold. Every other task
+is listed with the reason, so a user knows what to expect before training.
 
-Discovered tasks are fine-grained (one tool's calls fall in many of them), so the tasks of one tool also form
-a unit, `tool:NAME` (as `downsize train --task tool:NAME` takes it): a tool whose tasks are each too small can
-still be suitable as a whole, and its tasks then say so.
+Discovered tasks are fine-grained (one tool's calls fall in many of them; a classifier's calls split by what
+is asked), so larger units are assessed too: the tasks of one tool form `tool:NAME`, and every answer given
+at one call site that offers no tools forms `site:KEY` (`sites.site_key`: its system prompt's template and
+response schema). `downsize train --task` takes either. A unit that is suitable takes its tasks' place.
 """
 
 from __future__ import annotations
@@ -14,13 +16,32 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from downsize.contracts import OutputContract, detect_contract
 from downsize.discover import runs
+from downsize.sites import site_key
 from downsize.splits import role
 from downsize.store import Store
+from downsize.types import Exchange
 
-SPECIALISABLE_KINDS = ("tool_call",)
 MIN_TRAIN_CALLS = 20
 MIN_VALIDATION_CALLS = 5
+
+
+def verdict(
+    contract: OutputContract,
+    train: int,
+    validation: int,
+    min_train: int = MIN_TRAIN_CALLS,
+    min_validation: int = MIN_VALIDATION_CALLS,
+) -> str:
+    """`suitable`, or why a specialist cannot be trained and proven for these calls."""
+    if contract.kind == "long_text":
+        return f"{contract.reason} (train it anyway with --kind text)"
+    if train < min_train:
+        return f"too few calls to train on ({train} < {min_train})"
+    if validation < min_validation:
+        return f"too few validation calls to calibrate a threshold ({validation} < {min_validation})"
+    return "suitable"
 
 
 @dataclass
@@ -50,8 +71,18 @@ def assess_tasks(
     store.assign_splits()
     assigned = runs.exchange_tasks(store, run_id)
     counts: dict[str, Counter[str]] = {}
+    site_counts: dict[str, Counter[str]] = {}
+    answers: dict[str, list[Exchange]] = {}  # training answers per task and per site unit: their contract
+    task_sites: dict[str, Counter[str]] = {}
     assigner = None
     for ex in store.exchanges():
+        where = role(ex, validation_fraction)
+        site = site_key(ex.request)
+        if ex.response_kind in ("json", "text") and not site.startswith("tools:"):
+            site_unit = f"site:{site}"
+            site_counts.setdefault(site_unit, Counter())[where] += 1
+            if where == "train":
+                answers.setdefault(site_unit, []).append(ex)
         if ex.id in assigned:
             key = assigned[ex.id][0]
         else:  # outside the run (the test split): where the assigner, from the request alone, would send it
@@ -61,23 +92,23 @@ def assess_tasks(
                 assigner = load_assigner(store, run_id)
             key = assigner.assign(ex.request, ex.agent, ex.task_hint).task
         if key is not None:
-            counts.setdefault(key, Counter())[role(ex, validation_fraction)] += 1
+            counts.setdefault(key, Counter())[where] += 1
+            task_sites.setdefault(key, Counter())[site] += 1
+            if where == "train" and ex.response_kind in ("json", "text"):
+                answers.setdefault(key, []).append(ex)
 
-    def verdict(kind: str, c: Counter[str]) -> str:
-        if kind not in SPECIALISABLE_KINDS:
-            return f"output kind {kind}: specialists answer {', '.join(SPECIALISABLE_KINDS)} today"
-        if c["train"] < min_train:
-            return f"too few calls to train on ({c['train']} < {min_train})"
-        if c["validation"] < min_validation:
-            return f"too few validation calls to calibrate a threshold ({c['validation']} < {min_validation})"
-        return "suitable"
+    def kind_of(key: str, discovered: str) -> OutputContract:
+        if discovered == "tool_call":
+            return OutputContract("tool_call")
+        return detect_contract(answers.get(key, []))
 
-    def fit(key: str, label: str, kind: str, suitability: float, c: Counter[str]) -> TaskFit:
-        reason = verdict(kind, c)
+    def fit(key: str, label: str, discovered: str, suitability: float, c: Counter[str]) -> TaskFit:
+        contract = kind_of(key, discovered)
+        reason = verdict(contract, c["train"], c["validation"], min_train, min_validation)
         return TaskFit(
             key,
             label,
-            kind,
+            contract.kind,
             suitability,
             c["train"],
             c["validation"],
@@ -98,13 +129,19 @@ def assess_tasks(
         g: fit(g, f"every task whose calls are mostly {g[5:]}", "tool_call", best[g], c)
         for g, c in groups.items()
     }
+    for unit_key, c in site_counts.items():
+        units[unit_key] = fit(unit_key, f"every answer at call site {unit_key[5:]}", "text", 0.0, c)
     out = []
     for task in tasks:
         counted = counts.get(task["task_key"], Counter())
         one = fit(task["task_key"], task["label"], task["output_kind"], float(task["suitability"]), counted)
-        unit = units.get(f"tool:{task['dominant_tool']}") if task["output_kind"] == "tool_call" else None
+        if task["output_kind"] == "tool_call":
+            unit = units.get(f"tool:{task['dominant_tool']}")
+        else:
+            sites = task_sites.get(task["task_key"])
+            unit = units.get(f"site:{sites.most_common(1)[0][0]}") if sites else None
         if unit is not None and unit.suitable:
-            one.suitable = False  # trained as part of its tool's unit: one specialist per tool
-            one.reason = f"trained within {unit.task_key} (a specialist per tool)"
+            one.suitable = False  # trained as part of its unit: one specialist per tool or call site
+            one.reason = f"trained within {unit.task_key} (a specialist per tool or call site)"
         out.append(one)
-    return sorted(units.values(), key=lambda f: -f.train) + out
+    return sorted(units.values(), key=lambda f: (not f.suitable, -f.train)) + out

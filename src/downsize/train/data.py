@@ -109,8 +109,13 @@ def resolve_tasks(store: Store, config: TrainConfig) -> TrainConfig:
     """
     if not config.tasks:
         return config
-    from dataclasses import replace
-
+    sites = [key.removeprefix("site:") for key in config.tasks if key.startswith("site:")]
+    if sites:  # a call site unit (`downsize tasks`): every answer there, no discovered task needed
+        if len(sites) > 1 or len(config.tasks) > 1 or (config.site and config.site != sites[0]):
+            raise ConfigError(
+                "a specialist answers one call site: pass one `--task site:KEY` and nothing else"
+            )
+        return replace(config, tasks=[], site=sites[0])
     from downsize.discover import runs
 
     run_id = runs.require_run(store, config.discovery_run)
