@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from downsize.contracts import normalise_text, response_format_schema
 from downsize.evaluate.curves import curve_series, point_at_threshold, write_curve_html
 from downsize.evaluate.json_metrics import (
     canonical_json,
     field_match,
     flatten,
     parse_json,
-    response_format_schema,
 )
 from downsize.evaluate.metrics import Scored, calibrate, curve, wilson_lower
 from downsize.evaluate.outputs import (
@@ -31,7 +31,7 @@ from downsize.evaluate.outputs import (
     score_outputs,
     summarize,
 )
-from downsize.evaluate.text_metrics import cosine_similarities, normalise_text
+from downsize.evaluate.text_metrics import cosine_similarities
 from downsize.shapes import completion, describe_response
 from downsize.types import Exchange, ToolCall
 

@@ -201,6 +201,7 @@ def test_one_gateway_serves_every_kind_validated_and_falls_back_when_unsure(
             _,
         ):
             served = {kind: _post(url, body) for kind, body in held_out.items()}
+            streamed = _stream(url, {**held_out["label"], "stream": True})
             for slot in router.slots:
                 slot.decider.threshold = 0.0  # no token is that sure: every answer falls back upstream
             fallen = {kind: _post(url, body) for kind, body in held_out.items()}
@@ -215,6 +216,8 @@ def test_one_gateway_serves_every_kind_validated_and_falls_back_when_unsure(
         value = contract.parse(message["content"])
         assert contract.validate(value, held_out[kind]) is None, (kind, message["content"])
     assert isinstance(json.loads(served["json"][1]["choices"][0]["message"]["content"]), dict)
+    # a client that streams gets the label as SSE chunks, the same answer
+    assert streamed == served["label"][1]["choices"][0]["message"]["content"]
     assert parse_react(served["react"][1]["choices"][0]["message"]["content"]) is not None
     for kind, (route, reply) in fallen.items():
         assert route.startswith("fallback:") or route == "upstream", (kind, route)
@@ -233,3 +236,22 @@ def _post(url: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     )
     with urllib.request.urlopen(request, timeout=300) as response:
         return response.headers.get("X-Downsize-Route", "upstream"), dict(json.loads(response.read()))
+
+
+def _stream(url: str, body: dict[str, Any]) -> str:
+    """The content a streamed request's SSE chunks carry, joined."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    parts = []
+    with urllib.request.urlopen(request, timeout=300) as response:
+        assert response.headers.get("Content-Type", "").startswith("text/event-stream")
+        for line in response.read().decode().splitlines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                for choice in json.loads(line[6:]).get("choices") or []:
+                    parts.append((choice.get("delta") or {}).get("content") or "")
+    return "".join(parts)

@@ -274,6 +274,8 @@ def specialist_summary(specialist: Specialist) -> dict[str, Any]:
         "source": scope.source,
         "tasks": list(scope.tasks),
         "tools": len(scope.task_tools),
+        "kind": scope.kind,
+        "sites": list(scope.sites),
         "student": specialist.base_model,
         "threshold": specialist.threshold,
         "engine": report.engine if report else None,

@@ -23,8 +23,10 @@ from __future__ import annotations
 import json
 import math
 import re
+import string
+import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,6 +40,8 @@ SHORT_TEXT_TOKENS = 200  # free text longer than this (approx. 4 characters a to
 MAX_LABELS = 30
 MAX_LABEL_CHARS = 48
 MAX_ENUM_VALUES = 8
+_SPACES = re.compile(r"\s+")
+_PUNCT = str.maketrans({c: " " for c in string.punctuation + "\u2018\u2019\u201c\u201d\u2013\u2014\u2026"})
 
 _REACT = re.compile(
     r"^\s*(?:Thought\s*:(?P<thought>.*?))?\s*Action\s*:\s*(?P<action>[^\n]+?)\s*\n\s*Action Input\s*:\s*(?P<input>.*?)"
@@ -168,7 +172,7 @@ class OutputContract:
         """The JSON schema an answer to this request must follow: the request's own when it carries one."""
         if self.kind != "json":
             return None
-        return request_schema(request) or self.schema
+        return response_format_schema(request) or self.schema
 
     def message(self, value: Any) -> dict[str, Any]:
         """The assistant message that serves a value (tool calls are wrapped by the router)."""
@@ -248,14 +252,14 @@ def parse_react(text: str) -> ReactStep | None:
     return ReactStep(found.group("action").strip().strip("`'\""), value)
 
 
-def request_schema(request: dict[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema of a request's `response_format` (OpenAI `json_schema`), when it carries one."""
+def response_format_schema(request: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a chat request asked for (`response_format` of type `json_schema`), if any."""
     fmt = request.get("response_format")
-    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+    if not isinstance(fmt, Mapping) or fmt.get("type") != "json_schema":
         return None
     spec = fmt.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, dict) else None
-    return schema if isinstance(schema, dict) else None
+    schema = spec.get("schema") if isinstance(spec, Mapping) else None
+    return dict(schema) if isinstance(schema, Mapping) else None
 
 
 def request_text(request: dict[str, Any]) -> str:
@@ -271,11 +275,24 @@ def request_text(request: dict[str, Any]) -> str:
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """JSON-normalised text: keys sorted, no spaces, integral floats written as integers (2.0 as 2)."""
+    return json.dumps(_canonical_numbers(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _canonical_numbers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical_numbers(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical_numbers(v) for v in value]
+    return value
 
 
 def normalise_text(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+    """Text as compared by exact match: Unicode NFKC, case-folded, punctuation dropped, spaces collapsed."""
+    folded = unicodedata.normalize("NFKC", text).casefold().translate(_PUNCT)
+    return _SPACES.sub(" ", folded).strip()
 
 
 def _schema_problem(value: Any, schema: dict[str, Any] | None) -> str | None:
@@ -382,7 +399,7 @@ def detect_contract(exchanges: Iterable[Exchange]) -> OutputContract:
     parsed = [(req, v) for req, t in texts if isinstance(v := parse_json_text(t), dict)]  # objects only
     if parsed and (len(parsed) * 10 >= len(texts) * 9 or len(asked) * 2 > len(texts)):
         values = [v for _, v in parsed]
-        from_request = sum(1 for req, _ in parsed if request_schema(req) is not None)
+        from_request = sum(1 for req, _ in parsed if response_format_schema(req) is not None)
         longest = max(len(compact_json(v)) for v in values)
         return OutputContract(
             "json",

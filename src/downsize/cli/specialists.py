@@ -259,10 +259,18 @@ def specialists(as_json: bool, db: str | None) -> None:
         answers = (
             (r["agent"] or r["source"] or "any agent")
             + ": "
-            + (", ".join(r["tasks"]) if r["tasks"] else f"call site of {r['tools']} tools")
+            + (", ".join(r["tasks"]) if r["tasks"] else _site_words(r))
         )
         click.echo(
             f"{r['id']:>3}  {r['name'][:28]:<28} {r['status']:<9} {answers[:30]:<30} "
             f"{num(r['threshold'], '.4f'):>9}  {num(r['test_exact_agreement'], '.3f'):>5}  "
             f"{num(r['test_served_share'], '.1%'):>6}"
         )
+
+
+def _site_words(row: dict[str, Any]) -> str:
+    """What a specialist without discovered tasks answers: its call site, and the kind when not tool calls."""
+    if row.get("kind", "tool_call") == "tool_call":
+        return f"call site of {row['tools']} tools"
+    sites = row.get("sites") or []
+    return f"{row['kind']} at {sites[0] if len(sites) == 1 else f'{len(sites)} sites'}"

@@ -22,6 +22,8 @@ from typing import Any
 
 import jsonschema
 
+from downsize.contracts import canonical_json
+
 Path = tuple[str | int, ...]
 _SPACES = re.compile(r"\s+")
 _MISSING = object()
@@ -130,31 +132,6 @@ def field_match(predicted: Any, reference: Any) -> FieldMatch:
     return FieldMatch(matched=matched, predicted=len(pred), reference=len(ref))
 
 
-def canonical_json(value: Any) -> str:
-    """JSON-normalised text: keys sorted, no spaces, integral floats written as integers (2.0 as 2)."""
-    return json.dumps(_canonical_numbers(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _canonical_numbers(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, Mapping):
-        return {str(k): _canonical_numbers(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_canonical_numbers(v) for v in value]
-    return value
-
-
 def json_exact(predicted: Any, reference: Any) -> bool:
     """The same JSON value: key order and number spelling (2 / 2.0) ignored, strings compared as they are."""
     return canonical_json(predicted) == canonical_json(reference)
-
-
-def response_format_schema(request: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema a chat request asked for (`response_format` of type `json_schema`), if any."""
-    fmt = request.get("response_format")
-    if not isinstance(fmt, Mapping) or fmt.get("type") != "json_schema":
-        return None
-    spec = fmt.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, Mapping) else None
-    return dict(schema) if isinstance(schema, Mapping) else None

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from downsize.contracts import response_format_schema
 from downsize.evaluate.ast_match import ast_match, find_description, normalise_calls, normalise_functions
 from downsize.evaluate.json_metrics import (
     FieldMatch,
@@ -36,7 +37,6 @@ from downsize.evaluate.json_metrics import (
     flatten,
     json_exact,
     parse_json,
-    response_format_schema,
     schema_error,
 )
 from downsize.evaluate.metrics import exact_match, wilson_lower

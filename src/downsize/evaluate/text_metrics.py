@@ -8,23 +8,13 @@ rows can stand in (`embed=`), e.g. the torch-free LSA embedder.
 
 from __future__ import annotations
 
-import re
-import string
-import unicodedata
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from downsize.contracts import normalise_text
+
 Embed = Callable[[list[str]], np.ndarray]
-
-_SPACES = re.compile(r"\s+")
-_PUNCT = str.maketrans({c: " " for c in string.punctuation + "\u2018\u2019\u201c\u201d\u2013\u2014\u2026"})
-
-
-def normalise_text(text: str) -> str:
-    """Text as compared by exact match: Unicode NFKC, case-folded, punctuation dropped, spaces collapsed."""
-    folded = unicodedata.normalize("NFKC", text).casefold().translate(_PUNCT)
-    return _SPACES.sub(" ", folded).strip()
 
 
 def text_exact(predicted: str, reference: str) -> bool:
