@@ -196,7 +196,11 @@ def test_one_gateway_serves_every_kind_validated_and_falls_back_when_unsure(
 
     stub = StubUpstream().start()
     try:
-        with serve_gateway(GatewayConfig(upstream=stub.base_url, capture_mode="sync"), store, router) as (
+        with serve_gateway(
+            GatewayConfig(upstream=stub.base_url, capture_mode="sync", specialist_timeout_s=600),
+            store,
+            router,
+        ) as (
             url,
             _,
         ):

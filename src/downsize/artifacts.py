@@ -214,6 +214,8 @@ class EvalReport:
     path: str | None = None  # where the JSON was written
     curve_path: str | None = None  # the HTML page of the curves
     kind: str = "tool_call"  # the specialist's output contract
+    # the teacher's agreement with itself where a situation recurs in the logs of this scope (evaluate/ceiling.py)
+    teacher_ceiling: dict[str, Any] | None = None
     schema_version: int = EVAL_SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -250,6 +252,7 @@ class EvalReport:
             seconds=float(data.get("seconds") or 0.0),
             examples=list(data.get("examples") or []),
             kind=str(data.get("kind") or "tool_call"),
+            teacher_ceiling=data.get("teacher_ceiling"),
             path=data.get("path"),
             curve_path=data.get("curve_path"),
         )

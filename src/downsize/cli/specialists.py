@@ -153,6 +153,17 @@ def eval_cmd(
             f"  graded score         {t.graded_score:.3f} (field F1 / similarity: reported, not served on)"
         )
     click.echo(f"  valid answers        {t.valid_share:.3f}")
+    ceiling = report.teacher_ceiling or {}
+    if ceiling.get("agreement") is not None:
+        click.echo(
+            f"  teacher vs itself    {ceiling['agreement']:.3f} (lower95 {ceiling['agreement_lower95']:.3f}) over "
+            f"{ceiling['pairs']} answer pairs in {ceiling['situations']} situations that recur in other workflows "
+            f"(same last {ceiling['recent_turns']} turns): no student can be expected to agree with one sample more"
+        )
+    else:
+        click.echo(
+            "  teacher vs itself    no situation recurs in another workflow of this scope: ceiling unknown"
+        )
     if thr is None:
         click.echo(
             f"  no threshold reaches {config.target_agreement:.0%} agreement on validation: "

@@ -241,6 +241,8 @@ def prove_specialist(store: Store, specialist_id: int, engine: str = "auto") -> 
         },
         "eval_test_tool_calls": {k: v for k, v in asdict(report.test_tool_calls).items() if k != "curve"},
         "validation_at_threshold": asdict(report.validation.at_threshold),
+        # gpt-4o against itself where a situation recurs in another trial (evaluate/ceiling.py)
+        "teacher_ceiling": report.teacher_ceiling,
         "test_curve": report.test_tool_calls.curve,
         "eval_test_at_threshold": asdict(report.test.at_threshold),  # every test call, offline
         "by_target": [

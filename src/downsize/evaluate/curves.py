@@ -58,8 +58,11 @@ def curve_svg(report: Mapping[str, Any], width: int = WIDTH, height: int = HEIGH
     threshold = report.get("threshold")
     points_all = [p for _, pts in series for p in pts]
     x_max = max([1.0, *(p["coverage"] for p in points_all)])
-    lows = [p["agreement_lower95"] for p in points_all] + (
-        [target] if isinstance(target, int | float) else []
+    ceiling = (report.get("teacher_ceiling") or {}).get("agreement")
+    lows = (
+        [p["agreement_lower95"] for p in points_all]
+        + ([target] if isinstance(target, int | float) else [])
+        + ([ceiling] if isinstance(ceiling, int | float) else [])
     )
     y_min = max(0.0, math.floor((min(lows) if lows else 0.0) * 10 - 1e-9) / 10)
     y_min = min(y_min, 0.9)
@@ -103,6 +106,14 @@ def curve_svg(report: Mapping[str, Any], width: int = WIDTH, height: int = HEIGH
             f'x2="{MARGIN_LEFT + plot_w}" y2="{_fmt(sy(target))}" stroke="#555" stroke-dasharray="6 4"/>'
             f'<text x="{MARGIN_LEFT + plot_w - 4}" y="{_fmt(sy(target) - 5)}" text-anchor="end" fill="#555">'
             f"target {target:.0%}</text>"
+        )
+    if isinstance(ceiling, int | float):  # the teacher's agreement with itself where a situation recurs
+        pairs = (report.get("teacher_ceiling") or {}).get("pairs")
+        parts.append(
+            f'<line class="ceiling" data-ceiling="{ceiling:g}" x1="{MARGIN_LEFT}" y1="{_fmt(sy(ceiling))}" '
+            f'x2="{MARGIN_LEFT + plot_w}" y2="{_fmt(sy(ceiling))}" stroke="#b8860b" stroke-dasharray="2 3"/>'
+            f'<text x="{MARGIN_LEFT + 4}" y="{_fmt(sy(ceiling) - 5)}" fill="#b8860b">'
+            f"teacher's own agreement {ceiling:.0%} ({pairs} pairs)</text>"
         )
     for i, (name, pts) in enumerate(series):
         colour = COLOURS[i % len(COLOURS)]

@@ -23,6 +23,7 @@ from downsize.config import EvalConfig, home, train_config_of
 from downsize.contracts import OutputContract, answer_of
 from downsize.decide.decision import Decider, Decision, Plan, decider_of, scope_of
 from downsize.errors import ConfigError
+from downsize.evaluate.ceiling import RECENT_TURNS, teacher_ceiling
 from downsize.evaluate.metrics import (
     TARGETS,
     Scored,
@@ -148,11 +149,12 @@ def evaluate_specialist(
     kinds = ("tool_call", "text") if contract.kind == "tool_call" else ("tool_call", "json", "text")
 
     def held_out(role: str) -> tuple[list[Exchange], int]:
-        """The role's calls the router would send this specialist; `limit` caps each kind (quick looks)."""
+        """The role's calls the router would send this specialist (`all`: every split, for the teacher's ceiling);
+        `limit` caps each kind (quick looks)."""
         selection = CallSelection(
             source=specialist.config.get("source"),
             agent=specialist.config.get("agent"),
-            role=role,
+            role=None if role == "all" else role,
             kinds=kinds,
             include_hci=True,
             validation_fraction=train_cfg.validation_fraction,
@@ -166,9 +168,10 @@ def evaluate_specialist(
                 for ex in [e for e in inside if e.response_kind == kind][: config.limit]
             }
             inside = [ex for ex in inside if ex.id in kept]
-        return inside[: config.limit] if role != "test" else inside, len(offered)
+        return inside[: config.limit] if role not in ("test", "all") else inside, len(offered)
 
     validation, offered = held_out("validation")
+    ceiling = teacher_ceiling(held_out("all")[0], contract).overall  # the teacher only: every split
     test_all, _ = held_out("test")
     is_answer = [answer_of(contract.kind, ex.response) is not None for ex in test_all]
     test = [ex for ex, fits in zip(test_all, is_answer, strict=True) if fits]
@@ -231,6 +234,7 @@ def evaluate_specialist(
         by_target=targets,
         seconds=time.perf_counter() - started,
         kind=contract.kind,
+        teacher_ceiling={**asdict(ceiling), "recent_turns": RECENT_TURNS, "rule": "strict"},
         # raw calls of a curated specialist stay out of its artifacts: only their ids then
         examples=[
             {"exchange": ex.id}

@@ -1,0 +1,100 @@
+"""The teacher's ceiling: its agreement with itself where a situation recurs in different workflows."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from downsize.contracts import OutputContract
+from downsize.evaluate.ceiling import situation_key, teacher_ceiling
+from downsize.shapes import completion
+from downsize.types import Exchange
+
+TOOL_CALL = OutputContract("tool_call")
+
+
+def call(name: str, **args: Any) -> dict[str, Any]:
+    message = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "1", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+        ],
+    }
+    return completion(message, "gpt-4o", 0, "c")
+
+
+def text(words: str) -> dict[str, Any]:
+    return completion({"role": "assistant", "content": words}, "gpt-4o", 0, "c")
+
+
+def ex(workflow: str, turns: list[str], response: dict[str, Any], system: str = "policy") -> Exchange:
+    messages = [{"role": "system", "content": system}] + [{"role": "user", "content": t} for t in turns]
+    return Exchange({"messages": messages}, response, workflow=workflow)
+
+
+def test_recurring_situations_give_the_teachers_self_agreement() -> None:
+    log = [
+        # situation A in three workflows: two answer alike, one differs -> 3 pairs, 1 agreeing
+        ex("w1", ["hi", "my id is u1"], call("get_user", id="u1")),
+        ex(
+            "w2", ["hello", "hi", "my id is u1"], call("get_user", id="u1")
+        ),  # older turns differ: same situation
+        ex("w3", ["hi", "my id is u1"], call("get_user", id="U1")),
+        # situation B twice in one workflow: no second workflow, not counted
+        ex("w1", ["cancel it"], call("cancel", id="r1")),
+        ex("w1", ["cancel it"], call("cancel", id="r2")),
+        # situation C: both text replies at a tool call site, nothing the router would serve: not counted
+        ex("w1", ["thanks"], text("You're welcome")),
+        ex("w2", ["thanks"], text("Glad to help")),
+        # situation D: a call against a text reply counts, and disagrees
+        ex("w2", ["book it"], call("book", seat="1A")),
+        ex("w3", ["book it"], text("Which seat?")),
+    ]
+    ceiling = teacher_ceiling(log, TOOL_CALL, recent=2)
+    o = ceiling.overall
+    assert (o.situations, o.answers, o.pairs, o.agreed) == (2, 5, 4, 1)
+    assert o.agreement == pytest.approx(0.25) and o.agreement_lower95 < 0.25 < o.agreement_upper95
+    by_task = teacher_ceiling(
+        log, TOOL_CALL, task_of=lambda e: "book" if "book it" in str(e.request) else "rest", recent=2
+    )
+    assert by_task.by_task["book"].pairs == 1 and by_task.by_task["rest"].agreed == 1
+    none = teacher_ceiling(log[3:7], TOOL_CALL, recent=2)  # one workflow each, or text against text
+    assert none.overall.situations == 0 and none.overall.agreement is None
+
+
+def test_a_situation_is_its_recent_turns_and_ignores_the_system_prompt() -> None:
+    a = [
+        {"role": "system", "content": "x"},
+        {"role": "user", "content": "a"},
+        {"role": "user", "content": "b"},
+    ]
+    b = [
+        {"role": "system", "content": "y"},
+        {"role": "user", "content": "z"},
+        {"role": "user", "content": "b"},
+    ]
+    assert situation_key(a, 1) == situation_key(b, 1) and situation_key(a, 2) != situation_key(b, 2)
+
+
+def test_labels_compare_as_labels() -> None:
+    contract = OutputContract("label", labels=("yes", "no"))
+    log = [ex("w1", ["q"], text("yes")), ex("w2", ["q"], text("yes")), ex("w3", ["q"], text("no"))]
+    o = teacher_ceiling(log, contract).overall
+    assert (o.pairs, o.agreed) == (3, 1)
+
+
+def test_the_curve_page_draws_the_ceiling() -> None:
+    from downsize.evaluate.curves import curve_svg
+
+    point = {"threshold": -1.0, "served": 10, "agreed": 6, "coverage": 0.5, "agreement": 0.6}
+    report = {
+        "target_agreement": 0.95,
+        "validation": {"curve": [{**point, "agreement_lower95": 0.3}]},
+        "teacher_ceiling": {"agreement": 0.72, "pairs": 418},
+    }
+    svg = curve_svg(report)
+    assert 'class="ceiling"' in svg and "own agreement 72% (418 pairs)" in svg
+    assert 'class="ceiling"' not in curve_svg({**report, "teacher_ceiling": None})
