@@ -182,6 +182,10 @@ class ToolCallFigures(SplitFigures):
     exact_agreement_lower95: float = 0.0
     valid_share: float = 0.0
     graded_score: float | None = None
+    # agreement by equivalence (tool calls: BFCL's possible-answer rule: strings case- and punctuation-
+    # insensitive, 2 = 2.0, an optional argument left out or at its default), reported beside the strict figure
+    equivalent_agreement: float | None = None
+    equivalent_agreement_lower95: float | None = None
 
 
 @dataclass

@@ -148,6 +148,11 @@ def eval_cmd(
     click.echo(
         f"  exact agreement      {t.exact_agreement:.3f} (lower95 {t.exact_agreement_lower95:.3f}; the rule served)"
     )
+    if t.equivalent_agreement is not None:
+        click.echo(
+            f"  equivalent agreement {t.equivalent_agreement:.3f} (lower95 {t.equivalent_agreement_lower95:.3f}; "
+            "BFCL's possible-answer rule: reported, not served on)"
+        )
     if t.graded_score is not None:
         click.echo(
             f"  graded score         {t.graded_score:.3f} (field F1 / similarity: reported, not served on)"

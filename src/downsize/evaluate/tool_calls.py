@@ -86,6 +86,23 @@ def decide_all(
     return [out[i] for i in range(len(exchanges))]
 
 
+def equivalent(contract: OutputContract, ex: Exchange, decision: Decision) -> bool:
+    """Agreement by equivalence: for tool calls BFCL's possible-answer rule against the request's tools (strings
+    case- and punctuation-insensitive, 2 = 2.0, optional arguments left out or at their defaults); every other
+    kind's strict rule already normalises what does not matter (key order, number forms, case and spacing)."""
+    if not decision.valid or decision.value is None:
+        return False
+    if contract.kind != "tool_call":
+        return contract.agrees(decision.value, ex.response)
+    from downsize.evaluate.outputs import score_tool_call
+
+    reference = answer_of("tool_call", ex.response)
+    if reference is None:
+        return False
+    score = score_tool_call([decision.value], [reference], ex.request.get("tools") or [])
+    return bool(score.agrees or score.metrics.get("ast"))
+
+
 def graded_score(
     contract: OutputContract, exchanges: list[Exchange], decisions: list[Decision]
 ) -> float | None:
@@ -206,6 +223,7 @@ def evaluate_specialist(
     named = contract.kind in ("tool_call", "react")
     names_right = sum(1 for ex, d in zip(test, test_decisions, strict=True) if named and same_tool(ex, d))
     exact = sum(s.agrees for s in test_scored)
+    alike = sum(equivalent(contract, ex, d) for ex, d in zip(test, test_decisions, strict=True))
     n = len(test)
     report = EvalReport(
         specialist={"id": specialist.id, "name": specialist.name, "student": specialist.base_model},
@@ -228,6 +246,8 @@ def evaluate_specialist(
             at_threshold=at_threshold(test_scored, threshold),
             curve=[asdict(p) for p in curve(test_scored)],
             graded_score=graded_score(contract, test, test_decisions),
+            equivalent_agreement=alike / n if n else 0.0,
+            equivalent_agreement_lower95=wilson_lower(alike, n),
         ),
         # every test call in scope, text replies included: what the router would serve, as in the replay
         test=SplitFigures(calls=len(test_all), at_threshold=at_threshold(all_scored, threshold)),

@@ -1,4 +1,5 @@
-"""The teacher's ceiling: its agreement with itself where a situation recurs in different workflows."""
+"""Judging like the field: the teacher's ceiling (its agreement with itself where a situation recurs), and
+agreement by equivalence beside the strict rule."""
 
 from __future__ import annotations
 
@@ -98,3 +99,47 @@ def test_the_curve_page_draws_the_ceiling() -> None:
     svg = curve_svg(report)
     assert 'class="ceiling"' in svg and "own agreement 72% (418 pairs)" in svg
     assert 'class="ceiling"' not in curve_svg({**report, "teacher_ceiling": None})
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "search",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "seats": {"type": "number"},
+                    "cabin": {"type": "string", "default": "economy"},
+                },
+                "required": ["city", "seats"],
+            },
+        },
+    }
+]
+
+
+@pytest.mark.parametrize(
+    ("student", "alike"),
+    [
+        ({"city": "New York", "seats": 2}, True),  # the same call
+        ({"seats": 2.0, "city": "new york"}, True),  # key order, number form, case: equivalent
+        ({"city": "New York", "seats": 2, "cabin": "economy"}, True),  # an optional argument at its default
+        ({"city": "New York", "seats": 2, "cabin": "business"}, False),  # an optional argument changed
+        ({"city": "Boston", "seats": 2}, False),  # another value
+    ],
+)
+def test_equivalence_follows_bfcls_possible_answer_rule(student: dict[str, Any], alike: bool) -> None:
+    from downsize.decide.decision import Decision
+    from downsize.evaluate.tool_calls import equivalent
+    from downsize.types import ToolCall
+
+    teacher = ex("w1", ["find"], call("search", city="New York", seats=2))
+    teacher.request["tools"] = TOOLS
+    decision = Decision(
+        "accept", valid=True, value=ToolCall("search", student), call=ToolCall("search", student)
+    )
+    assert equivalent(TOOL_CALL, teacher, decision) is alike
+    strict = TOOL_CALL.agrees(decision.value, teacher.response)
+    assert strict == (student == {"city": "New York", "seats": 2})  # the strict rule is kept beside it
