@@ -149,6 +149,8 @@ def main() -> int:
             row["test_tool_calls"] = t.calls  # the test calls the teacher answered in this kind
             row["exact_agreement"] = round(t.exact_agreement, 4)
             row["graded_score"] = round(t.graded_score, 4) if t.graded_score is not None else None
+            row["equivalent_agreement"] = t.equivalent_agreement  # beside the strict rule, never instead
+            row["teacher_ceiling"] = result.teacher_ceiling  # gpt-4o against itself where a situation recurs
             row["exact_agreement_lower95"] = round(t.exact_agreement_lower95, 4)
             row["validation_calls"] = result.validation.calls
             row["test_calls_in_scope"] = result.test.calls

@@ -228,8 +228,19 @@ def eval_cmd(
 @click.option(
     "--min-served", type=int, default=20, show_default=True, help="Served validation calls live needs."
 )
+@click.option(
+    "--rule",
+    type=click.Choice(["strict", "parity"]),
+    default="strict",
+    show_default=True,
+    help="strict: the lower bound reaches --target; parity: it is not below the teacher's own agreement (where "
+    "a situation recurs) minus --margin, and the threshold becomes the one that serves most at parity.",
+)
+@click.option("--margin", type=float, default=0.05, show_default=True, help="With --rule parity.")
 @db_option
-def promote(specialist: str, to: str | None, target: float, min_served: int, db: str | None) -> None:
+def promote(
+    specialist: str, to: str | None, target: float, min_served: int, rule: str, margin: float, db: str | None
+) -> None:
     """Move a specialist candidate -> shadow -> live, only when its gate holds on held-out calls.
 
     shadow needs a calibrated threshold (`downsize eval`): the specialist then runs beside the LLM and logs
@@ -242,9 +253,12 @@ def promote(specialist: str, to: str | None, target: float, min_served: int, db:
     sp = store.specialist(specialist)
     assert sp.id is not None
     to = to or (ORDER[ORDER.index(sp.status) + 1] if sp.status in ORDER[:-1] else "live")
-    result = promotion_gate(sp, to, target, min_served)
+    result = promotion_gate(sp, to, target, min_served, rule=rule, margin=margin)
     if not result.allowed:
         raise DownsizeError(f"cannot promote specialist {sp.name} (id {sp.id}) to {to}: {result.reason}")
+    metrics = {**sp.metrics, "promotion": {"to": to, "reason": result.reason, **result.evidence}}
+    kept = {"threshold": result.threshold} if result.threshold is not None else {}
+    store.update_specialist(sp.id, metrics=metrics, **kept)  # the figures behind the decision, kept
     store.set_status(sp.id, to)
     click.echo(f"specialist {sp.name} (id {sp.id}) is {to} for task {sp.task}: {result.reason}")
 

@@ -4,6 +4,12 @@ shadow needs a calibrated threshold (the specialist runs beside the LLM, serves 
 would-be answer is logged for comparison). live needs the lower end of the 95% Wilson interval of its
 agreement with the teacher, on the held-out validation calls it would serve at that threshold, to reach
 the task's target, on at least `min_served` calls: a lower bound, not a point estimate.
+
+`rule="parity"` judges against the teacher instead of a fixed target: a non-inferiority test. The bar is the
+teacher's own agreement where a situation recurs (`evaluate/ceiling.py`, stored in the eval report) minus a
+stated `margin`; the threshold is the one serving the most validation calls whose agreement's 95% lower bound
+is not below that bar, on at least `min_served` calls; the ceiling must rest on at least `MIN_CEILING_PAIRS`
+answer pairs. Both rules return the figures behind the decision.
 """
 
 from __future__ import annotations
@@ -12,9 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from downsize.artifacts import AtThreshold, EvalReport
+from downsize.evaluate.metrics import wilson_lower
 from downsize.types import Specialist
 
 ORDER = ("candidate", "shadow", "live")
+RULES = ("strict", "parity")
+MIN_CEILING_PAIRS = 30
+PARITY_MARGIN = 0.05
 
 
 @dataclass
@@ -22,12 +32,79 @@ class GateResult:
     allowed: bool
     reason: str
     evidence: dict[str, Any]
+    threshold: float | None = None  # parity: the threshold it would serve at (strict: the calibrated one)
+
+
+def parity_point(curve: list[dict[str, Any]], bar: float, min_served: int) -> dict[str, Any] | None:
+    """The validation curve point serving the most calls whose agreement lower bound reaches `bar`."""
+    fit = [p for p in curve if p["served"] >= min_served and wilson_lower(p["agreed"], p["served"]) >= bar]
+    return max(fit, key=lambda p: (p["served"], -p["threshold"])) if fit else None
+
+
+def parity_gate(
+    specialist: Specialist, to: str, margin: float = PARITY_MARGIN, min_served: int = 20
+) -> GateResult:
+    """The non-inferiority rule: agreement with the teacher not below its own ceiling minus `margin`."""
+    evaluation = EvalReport.of(specialist)
+    ceiling = (evaluation.teacher_ceiling if evaluation else None) or {}
+    evidence: dict[str, Any] = {
+        "rule": "parity",
+        "margin": margin,
+        "min_served": min_served,
+        "ceiling": ceiling,
+    }
+    if to not in ORDER[1:]:
+        return GateResult(False, f"promotion goes to 'shadow' or 'live', not {to!r}", evidence)
+    if specialist.status == "retired":
+        return GateResult(False, "a retired specialist is not promoted again: train a new version", evidence)
+    if not evaluation:
+        return GateResult(
+            False,
+            f"specialist {specialist.id} has not been evaluated: run `downsize eval {specialist.id}`",
+            evidence,
+        )
+    if ceiling.get("agreement") is None or int(ceiling.get("pairs") or 0) < MIN_CEILING_PAIRS:
+        return GateResult(
+            False,
+            f"the teacher's ceiling rests on {int(ceiling.get('pairs') or 0)} answer pairs (at least "
+            f"{MIN_CEILING_PAIRS} needed): too few recurring situations in this scope to judge at parity; use "
+            "--rule strict, or log more traffic (a consistency probe will measure it live)",
+            evidence,
+        )
+    bar = float(ceiling["agreement"]) - margin
+    point = parity_point(evaluation.validation.curve, bar, min_served)
+    evidence["bar"] = bar
+    evidence["point"] = point
+    if point is None:
+        return GateResult(
+            False,
+            f"no threshold serves {min_served} validation calls with an agreement lower bound of at least "
+            f"{bar:.3f} (the teacher's {ceiling['agreement']:.3f} minus {margin:.2f}): keep training",
+            evidence,
+        )
+    lower = wilson_lower(point["agreed"], point["served"])
+    return GateResult(
+        True,
+        f"at parity: agreement lower bound {lower:.3f} on {point['served']} served validation calls is not below "
+        f"the teacher's own {ceiling['agreement']:.3f} minus {margin:.2f}",
+        evidence,
+        threshold=float(point["threshold"]),
+    )
 
 
 def promotion_gate(
-    specialist: Specialist, to: str, target_lower95: float = 0.90, min_served: int = 20
+    specialist: Specialist,
+    to: str,
+    target_lower95: float = 0.90,
+    min_served: int = 20,
+    rule: str = "strict",
+    margin: float = PARITY_MARGIN,
 ) -> GateResult:
     """Whether `specialist` may move to status `to`, and why (the message names what to do next)."""
+    if rule == "parity":
+        return parity_gate(specialist, to, margin, min_served)
+    if rule != "strict":
+        return GateResult(False, f"unknown promotion rule {rule!r}: use one of {', '.join(RULES)}", {})
     evaluation = EvalReport.of(specialist)
     at = evaluation.validation.at_threshold if evaluation else AtThreshold()
     evidence = {
@@ -37,6 +114,7 @@ def promotion_gate(
         "validation_agreement_lower95": at.agreement_lower95,
         "target_lower95": target_lower95,
         "min_served": min_served,
+        "rule": "strict",
     }
     if to not in ORDER[1:]:
         return GateResult(False, f"promotion goes to 'shadow' or 'live', not {to!r}", evidence)
@@ -56,7 +134,9 @@ def promotion_gate(
             evidence,
         )
     if to == "shadow":
-        return GateResult(True, "calibrated: it may run in shadow beside the LLM", evidence)
+        return GateResult(
+            True, "calibrated: it may run in shadow beside the LLM", evidence, threshold=specialist.threshold
+        )
     served, lower = at.served, at.agreement_lower95
     if served < min_served or lower < target_lower95:
         return GateResult(
@@ -69,4 +149,5 @@ def promotion_gate(
         True,
         f"agreement lower bound {lower:.3f} on {served} served calls clears {target_lower95:.2f}",
         evidence,
+        threshold=specialist.threshold,
     )
