@@ -51,6 +51,21 @@ def cli(*args: str, check: bool = True) -> tuple[int, str]:
     return done.returncode, done.stdout
 
 
+def parity_row(specialist: Any, report: Any) -> dict[str, Any]:
+    """`promote --rule parity` on this specialist, and what its threshold serves of the test calls of its kind."""
+    from downsize.evaluate.curves import point_at_threshold
+    from downsize.evaluate.promotion import promotion_gate
+
+    gate = promotion_gate(specialist, "live", rule="parity")
+    row: dict[str, Any] = {"promoted": gate.allowed, "reason": gate.reason, "threshold": gate.threshold}
+    if gate.threshold is not None:
+        point = point_at_threshold(report.test_tool_calls.curve, gate.threshold) or {}
+        row["test_served"] = point.get("served", 0)
+        row["test_agreed"] = point.get("agreed", 0)
+        row["test_served_share"] = point.get("coverage", 0.0)
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -151,6 +166,7 @@ def main() -> int:
             row["graded_score"] = round(t.graded_score, 4) if t.graded_score is not None else None
             row["equivalent_agreement"] = t.equivalent_agreement  # beside the strict rule, never instead
             row["teacher_ceiling"] = result.teacher_ceiling  # gpt-4o against itself where a situation recurs
+            row["parity"] = parity_row(specialists[f.task_key], result)
             row["exact_agreement_lower95"] = round(t.exact_agreement_lower95, 4)
             row["validation_calls"] = result.validation.calls
             row["test_calls_in_scope"] = result.test.calls
@@ -198,6 +214,9 @@ def main() -> int:
             "served_share_of_all_calls": {
                 k: round(v / len(test), 4) if test else 0.0 for k, v in served.items()
             },
+            "served_at_parity": sum(
+                (r.get("parity") or {}).get("test_served", 0) for r in rows if r["source"] == source
+            ),
             "non_conversational_test_calls": machine,
             "served_share_of_non_conversational_calls": {
                 k: round(v / machine, 4) if machine else 0.0 for k, v in served.items()
@@ -232,7 +251,9 @@ def main() -> int:
             print(
                 f"  {r['task']:<34} {r['source']:<12} {r.get('kind', r['output_kind']):<9} exact "
                 f"{r.get('exact_agreement')} (graded {r.get('graded_score')}) on {r.get('test_tool_calls')} test "
-                f"calls of its kind; by target {json.dumps(r.get('by_target') or r.get('eval_said'))}"
+                f"calls of its kind; by target {json.dumps(r.get('by_target') or r.get('eval_said'))}; "
+                f"ceiling {json.dumps((r.get('teacher_ceiling') or {}).get('agreement'))}; "
+                f"parity {json.dumps(r.get('parity'))}"
             )
     print(f"wrote {out} ({figures['wall_minutes']} min)")
     return 0
