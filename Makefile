@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-0.3
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover bench-serving bench-bfcl bench-specialists bench-tasks bench-conversion bench-shared-student clean
+.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover bench-serving bench-bfcl bench-specialists bench-tasks bench-conversion bench-kinds bench-shared-student clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,7 +37,7 @@ format: install
 	$(VENV)/bin/ruff format src tests benchmarks
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
-bench: bench-train bench-pii bench-discover bench-gateway bench-specialists bench-tasks bench-conversion
+bench: bench-train bench-pii bench-discover bench-gateway bench-specialists bench-tasks bench-conversion bench-kinds
 
 bench-train: install
 	$(PY) benchmarks/bench_train_serve.py
@@ -64,6 +64,10 @@ bench-tasks: install
 # train --suitable within one budget, eval each specialist; per source and task in bench-results/conversion.json
 bench-conversion: install
 	$(PY) benchmarks/bench_conversion.py $(BENCH_ARGS)
+
+# issue 13: label (CLINC150 intents, a stand-in teacher) and ReAct (tau-airline's calls as text steps) specialists
+bench-kinds: install
+	$(PY) benchmarks/bench_kinds.py $(BENCH_ARGS)
 
 # many specialists on one student (llama.cpp): RSS with 1/2/5 specialists, shared pool vs one model each
 bench-shared-student: install

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,76 +32,14 @@ from downsize.splits import role as split_role
 from downsize.store import Store
 from upstream_stub import StubUpstream, serve_gateway
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from standin_logs import intent_log, react_log  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 INTENTS = ["balance", "transfer", "freeze_account", "pay_bill", "transactions", "card_declined"]
 STEPS = {"batch_size": 4, "max_prompt_tokens": 96, "max_message_tokens": 64, "epochs": 1.0}
-
-
-def _label_log(path: Path) -> None:
-    """CLINC150 training utterances of six banking intents, as an intent classifier's logged calls."""
-    rows = json.loads((DATA / "intents" / "clinc150.json").read_text())["train"]
-    rng = random.Random(0)
-    rng.shuffle(rows)
-    system = "Classify the bank customer's message. Answer with one intent: " + ", ".join(INTENTS)
-    kept: dict[str, int] = {}
-    with path.open("w") as out:
-        for text, intent in rows:
-            if intent not in INTENTS or kept.get(intent, 0) >= 14:
-                continue
-            kept[intent] = kept.get(intent, 0) + 1
-            request = {
-                "model": "gpt-4o",
-                "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}],
-            }
-            response = _completion(intent)
-            out.write(json.dumps({"client_id": "intents", "request": request, "response": response}) + "\n")
-
-
-def _react_log(path: Path) -> None:
-    """tau-airline's dev-split gpt-4o tool calls as ReAct steps: the conversation as text, the call as an Action."""
-    runs = json.loads((DATA / "tau-airline" / "trajectories-gpt-4o.json").read_text())
-    tools = [t["function"]["name"] for t in json.loads((DATA / "tau-airline" / "tools.json").read_text())]
-    system = (
-        "You are an airline agent. Use a tool by answering:\nAction: the tool\nAction Input: its JSON input\n"
-        f"Tools: {', '.join(tools)}"
-    )
-    with path.open("w") as out:
-        for run in runs:
-            if run["task_id"] >= 12 or run["trial"] > 1:
-                continue
-            messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
-            for message in run["traj"][1:]:
-                calls = message.get("tool_calls") or []
-                if message["role"] == "assistant" and calls:
-                    fn = calls[0]["function"]
-                    step = f"Action: {fn['name']}\nAction Input: {fn['arguments']}"
-                    if fn["name"] in ("get_user_details", "get_reservation_details"):
-                        request = {"model": "gpt-4o", "messages": list(messages)}
-                        record = {
-                            "client_id": "react-agent",
-                            "session_id": f"{run['task_id']}#{run['trial']}",
-                        }
-                        out.write(
-                            json.dumps({**record, "request": request, "response": _completion(step)}) + "\n"
-                        )
-                    messages.append({"role": "assistant", "content": step})
-                elif message["role"] == "tool":
-                    messages.append({"role": "user", "content": f"Observation: {message['content']}"})
-                elif message["role"] in ("user", "assistant") and message.get("content"):
-                    messages.append({"role": message["role"], "content": message["content"]})
-
-
-def _completion(content: str) -> dict[str, Any]:
-    message = {"role": "assistant", "content": content}
-    return {
-        "id": "c",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "gpt-4o",
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-    }
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +56,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, d
 
     store = Store.open(f"sqlite:///{home / 'kinds.db'}")
     import_cassettes(store, [DATA / "crewai-cassettes"], agent="crewai")
-    _label_log(home / "intents.jsonl")
-    _react_log(home / "react.jsonl")
+    intent_log(home / "intents.jsonl", INTENTS, per_intent=14)
+    react_log(
+        home / "react.jsonl", ("get_user_details", "get_reservation_details"), tasks=range(12), trials=2
+    )
     import_openai_jsonl(store, home / "intents.jsonl")
     import_openai_jsonl(store, home / "react.jsonl")
     sites = {site_key(ex.request) for ex in store.exchanges(agent="crewai")}

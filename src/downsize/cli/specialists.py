@@ -149,9 +149,14 @@ def eval_cmd(
         f"  exact agreement      {t.exact_agreement:.3f} (lower95 {t.exact_agreement_lower95:.3f}; the rule served)"
     )
     if t.equivalent_agreement is not None:
+        rule = (
+            "BFCL's possible-answer rule"
+            if report.kind == "tool_call"
+            else "the strict rule normalises already"
+        )
         click.echo(
             f"  equivalent agreement {t.equivalent_agreement:.3f} (lower95 {t.equivalent_agreement_lower95:.3f}; "
-            "BFCL's possible-answer rule: reported, not served on)"
+            f"{rule}: reported, not served on)"
         )
     if t.graded_score is not None:
         click.echo(
