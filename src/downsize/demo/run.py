@@ -145,8 +145,14 @@ def prove_specialist(store: Store, specialist_id: int, engine: str = "auto") -> 
     report = evaluate_specialist(store, specialist, EvalConfig(), runtime=runtime)
     threshold = report.threshold
     specialist = store.specialist(specialist_id)  # with the threshold and metrics the evaluation stored
-    # the product's own rule: live only through the promotion gate; otherwise shadow (log, never serve)
+    # the product's own rule: live only through the promotion gate (strict, else at parity with the teacher's
+    # own agreement); otherwise shadow (log, never serve)
     gate_live = promotion_gate(specialist, "live")
+    gate_parity = promotion_gate(specialist, "live", rule="parity")
+    rule = "strict" if gate_live.allowed else "parity" if gate_parity.allowed else "none"
+    if rule == "parity":
+        threshold, gate_live = gate_parity.threshold, gate_parity
+        store.update_specialist(specialist_id, threshold=threshold)
     status = (
         "live"
         if gate_live.allowed
@@ -243,6 +249,9 @@ def prove_specialist(store: Store, specialist_id: int, engine: str = "auto") -> 
         "validation_at_threshold": asdict(report.validation.at_threshold),
         # gpt-4o against itself where a situation recurs in another trial (evaluate/ceiling.py)
         "teacher_ceiling": report.teacher_ceiling,
+        "rule_served": rule,  # strict (the 95% target's bound), parity (non-inferiority), none
+        "served_share_strict": report.test.at_threshold.served_share if report.threshold is not None else 0.0,
+        **_at_parity(report, gate_parity),
         "test_curve": report.test_tool_calls.curve,
         "eval_test_at_threshold": asdict(report.test.at_threshold),  # every test call, offline
         "by_target": [
@@ -269,3 +278,17 @@ def _cores() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _at_parity(report: Any, gate: Any) -> dict[str, Any]:
+    """What the parity threshold (chosen on validation) serves of the test tool calls, offline."""
+    from downsize.evaluate.curves import point_at_threshold
+
+    point = point_at_threshold(report.test_tool_calls.curve, gate.threshold) if gate.allowed else None
+    served, agreed = (point["served"], point["agreed"]) if point else (0, 0)
+    return {
+        "parity": {"allowed": gate.allowed, "reason": gate.reason, "threshold": gate.threshold},
+        "served_share_parity": point["coverage"] if point else 0.0,
+        "agreement_parity": agreed / served if served else None,
+        "agreement_parity_lower95": wilson_lower(agreed, served),
+    }
