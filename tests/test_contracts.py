@@ -221,6 +221,7 @@ def test_the_cli_lists_call_sites_with_their_kind_and_refuses_a_wrong_kind(tmp_p
     listed = runner.invoke(main, ["sites", "--json", *db])
     rows = json.loads(listed.output)
     assert len(rows) == 1 and rows[0]["kind"] == "label" and rows[0]["site"].startswith("prompt:")
+    assert rows[0]["example"] == "Name the intent."  # what a person recognises the step by
     assert rows[0]["train"] + rows[0]["validation"] + rows[0]["test"] == 60
     table = runner.invoke(main, ["sites", *db]).output
     assert "label" in table and rows[0]["site"] in table

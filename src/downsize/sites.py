@@ -76,3 +76,17 @@ def site_key(request: dict[str, Any]) -> str:
     if isinstance(spec, dict) and isinstance(spec.get("name"), str):
         key += ":" + spec["name"][:64]
     return key
+
+
+def site_example(request: dict[str, Any], width: int = 60) -> str:
+    """A few words that tell a person which agent step a call site is: its system prompt's opening, else the
+    user's first words, else its tools."""
+    text = " ".join(system_prompt(request).split())
+    if not text:
+        for m in request.get("messages") or []:
+            if isinstance(m, dict) and m.get("role") == "user":
+                text = "user: " + " ".join(_content(m).split())
+                break
+    if not text:
+        text = "tools: " + ", ".join(sorted(set(tool_names(request))))
+    return text if len(text) <= width else text[: width - 1] + "…"

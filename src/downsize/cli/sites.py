@@ -23,18 +23,20 @@ def site_table(
     calls) and the verdict, most training calls first."""
     from downsize.contracts import OutputContract, detect_contract
     from downsize.discover.suitability import verdict
-    from downsize.sites import site_key
+    from downsize.sites import site_example, site_key
     from downsize.splits import role
 
     store.assign_splits()
     roles: dict[tuple[str, str | None], Counter[str]] = {}
     trained_on: dict[tuple[str, str | None], list[Any]] = {}
+    examples: dict[tuple[str, str | None], str] = {}
     for ex in store.exchanges(source=source, agent=agent):
         if ex.response_kind not in ("tool_call", "json", "text"):
             continue
         key = (site_key(ex.request), ex.agent)
         where = role(ex, validation_fraction)
         roles.setdefault(key, Counter())[where] += 1
+        examples.setdefault(key, site_example(ex.request))
         if where == "train":
             trained_on.setdefault(key, []).append(ex)
     rows = []
@@ -59,6 +61,7 @@ def site_table(
                 "suitable": reason == "suitable",
                 "verdict": reason,
                 "why_kind": contract.reason,
+                "example": examples[(site, who)],
             }
         )
     return sorted(rows, key=lambda r: (not r["suitable"], -r["train"], r["site"]))
@@ -83,13 +86,13 @@ def sites(source: str | None, agent: str | None, limit: int, as_json: bool, db: 
         return
     shown = rows if limit == 0 else rows[:limit]
     click.echo(
-        f"{'call site':<46} {'agent':<16} {'kind':<9} {'train':>5} {'val':>4} {'test':>4}  specialist?"
+        f"{'call site':<38} {'agent':<16} {'kind':<9} {'train':>5} {'val':>4} {'test':>4}  {'example':<42} specialist?"
     )
     for r in shown:
         verdict = "yes (`downsize train --site KEY`)" if r["suitable"] else f"no: {r['verdict']}"
         click.echo(
-            f"{r['site'][:46]:<46} {(r['agent'] or '-')[:16]:<16} {r['kind']:<9} {r['train']:>5} "
-            f"{r['validation']:>4} {r['test']:>4}  {verdict}"
+            f"{r['site'][:38]:<38} {(r['agent'] or '-')[:16]:<16} {r['kind']:<9} {r['train']:>5} "
+            f"{r['validation']:>4} {r['test']:>4}  {r['example'][:42]:<42} {verdict}"
         )
     if len(shown) < len(rows):
         click.echo(f"... {len(rows) - len(shown)} more (`downsize sites --limit 0` shows all)")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from downsize.contracts import OutputContract, detect_contract
 from downsize.discover import runs
-from downsize.sites import site_key
+from downsize.sites import site_example, site_key
 from downsize.splits import role
 from downsize.store import Store
 from downsize.types import Exchange
@@ -74,6 +74,7 @@ def assess_tasks(
     site_counts: dict[str, Counter[str]] = {}
     answers: dict[str, list[Exchange]] = {}  # training answers per task and per site unit: their contract
     task_sites: dict[str, Counter[str]] = {}
+    site_examples: dict[str, str] = {}
     assigner = None
     for ex in store.exchanges():
         where = role(ex, validation_fraction)
@@ -81,6 +82,7 @@ def assess_tasks(
         if ex.response_kind in ("json", "text") and not site.startswith("tools:"):
             site_unit = f"site:{site}"
             site_counts.setdefault(site_unit, Counter())[where] += 1
+            site_examples.setdefault(site_unit, site_example(ex.request, 40))
             if where == "train":
                 answers.setdefault(site_unit, []).append(ex)
         if ex.id in assigned:
@@ -130,7 +132,9 @@ def assess_tasks(
         for g, c in groups.items()
     }
     for unit_key, c in site_counts.items():
-        units[unit_key] = fit(unit_key, f"every answer at call site {unit_key[5:]}", "text", 0.0, c)
+        units[unit_key] = fit(
+            unit_key, f"every answer at the call site of: {site_examples[unit_key]}", "text", 0.0, c
+        )
     out = []
     for task in tasks:
         counted = counts.get(task["task_key"], Counter())
