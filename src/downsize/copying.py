@@ -1,6 +1,6 @@
 """Copied arguments: parameters whose value the teacher always copies from the conversation.
 
-On tau-airline every `reservation_id` and `user_id` gpt-4o ever passed appears verbatim earlier in the
+On the airline agent's logs every `reservation_id` and `user_id` gpt-4o ever passed appears verbatim earlier in the
 conversation (377 of 377 and 120 of 120 calls), yet a 135M student writes ids that were never there
 (`FQ8QW` for `FQ8APE`). Such parameters are learned from the training calls (`learn_copied`): a string
 parameter qualifies when the teacher's value is an identifier-like token (`token_shape`) found in the

@@ -1,12 +1,12 @@
 """Workflows and splits, frozen by hash, so no conversation leaks between training, validation and test.
 
 The unit is the workflow. A session id of the form `WORKFLOW#RUN` groups every run of one workflow (for
-tau-airline, the four trials of one task); an exchange without a session belongs to its conversation,
+the airline agent's four trials of one task); an exchange without a session belongs to its conversation,
 named by the hash of its root (the system prompt and the first user message): an agent resends its
 growing history on every call, so every call of one conversation shares that root and lands on one side.
 
 Every exchange gets a split when it is stored: a source's own split wins where the importer sets one
-(rule `source`, e.g. tau-airline's test task ids); otherwise the split of its workflow when the workflow
+(rule `source`, e.g. a benchmark's own test task ids); otherwise the split of its workflow when the workflow
 is already stored (so a workflow never straddles, whatever the rule that placed it), else a hash of the
 workflow (rule `hash`: stable as more logs arrive). `reassign_by_time` re-cuts a source so the newest
 workflows are the test split (rule `time`), as a user with months of logs would hold out. Within the dev

@@ -64,7 +64,7 @@ def base_gguf(student: str) -> Path:
 def context_size(budget: PromptBudget, max_new_tokens: int) -> int:
     """The llama.cpp context a specialist needs: its prompt budget twice over (the chat template and the
     system line come on top of the pruned conversation: 245 tokens at most for the default 192 on every
-    tau-airline call), the generated tokens and 256 spare, in steps of 256, and at least 1024.
+    airline-agent call in the shipped logs), the generated tokens and 256 spare, in steps of 256, and at least 1024.
 
     The KV cache and the attention buffers grow with the context: 4096 tokens cost SmolLM2-135M 68 MB more
     than 1024 per context (RssAnon 132 vs 64 MB, 2026-12-03; 512 would save 12 MB more).

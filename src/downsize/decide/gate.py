@@ -8,7 +8,7 @@ and its probability is a confidence that calibrates cleanly. The specialist then
 arguments of the tool the gate chose. scikit-learn only: no torch in the serving path.
 
 Its input (`gate_input`) is the last turns' text plus structural signals (who spoke last, the previous
-action, tools called so far, identifier shapes new to the conversation): on tau-airline the signals
+action, tools called so far, identifier shapes new to the conversation): on the shipped airline agent's logs the signals
 raise next-action accuracy on unseen workflows from 0.69 to 0.75 (docs/log.md, 2026-12-01).
 """
 

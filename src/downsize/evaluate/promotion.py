@@ -35,6 +35,23 @@ class GateResult:
     threshold: float | None = None  # parity: the threshold it would serve at (strict: the calibrated one)
 
 
+def _refused(
+    specialist: Specialist, to: str, evaluation: EvalReport | None, evidence: dict[str, Any]
+) -> GateResult | None:
+    """What either rule refuses before looking at figures: an unknown status, a retired or unevaluated one."""
+    if to not in ORDER[1:]:
+        return GateResult(False, f"promotion goes to 'shadow' or 'live', not {to!r}", evidence)
+    if specialist.status == "retired":
+        return GateResult(False, "a retired specialist is not promoted again: train a new version", evidence)
+    if not evaluation:
+        return GateResult(
+            False,
+            f"specialist {specialist.id} has not been evaluated: run `downsize eval {specialist.id}`",
+            evidence,
+        )
+    return None
+
+
 def parity_point(curve: list[dict[str, Any]], bar: float, min_served: int) -> dict[str, Any] | None:
     """The validation curve point serving the most calls whose agreement lower bound reaches `bar`."""
     fit = [p for p in curve if p["served"] >= min_served and wilson_lower(p["agreed"], p["served"]) >= bar]
@@ -53,16 +70,10 @@ def parity_gate(
         "min_served": min_served,
         "ceiling": ceiling,
     }
-    if to not in ORDER[1:]:
-        return GateResult(False, f"promotion goes to 'shadow' or 'live', not {to!r}", evidence)
-    if specialist.status == "retired":
-        return GateResult(False, "a retired specialist is not promoted again: train a new version", evidence)
-    if not evaluation:
-        return GateResult(
-            False,
-            f"specialist {specialist.id} has not been evaluated: run `downsize eval {specialist.id}`",
-            evidence,
-        )
+    refused = _refused(specialist, to, evaluation, evidence)
+    if refused is not None:
+        return refused
+    assert evaluation is not None  # _refused returns a refusal without one
     if ceiling.get("agreement") is None or int(ceiling.get("pairs") or 0) < MIN_CEILING_PAIRS:
         return GateResult(
             False,
@@ -116,16 +127,10 @@ def promotion_gate(
         "min_served": min_served,
         "rule": "strict",
     }
-    if to not in ORDER[1:]:
-        return GateResult(False, f"promotion goes to 'shadow' or 'live', not {to!r}", evidence)
-    if specialist.status == "retired":
-        return GateResult(False, "a retired specialist is not promoted again: train a new version", evidence)
-    if not evaluation:
-        return GateResult(
-            False,
-            f"specialist {specialist.id} has not been evaluated: run `downsize eval {specialist.id}`",
-            evidence,
-        )
+    refused = _refused(specialist, to, evaluation, evidence)
+    if refused is not None:
+        return refused
+    assert evaluation is not None  # _refused returns a refusal without one
     if specialist.threshold is None:
         return GateResult(
             False,

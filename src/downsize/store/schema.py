@@ -23,7 +23,9 @@ exchanges = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("created_at", String(32), nullable=False),
-    Column("source", String(32), nullable=False),  # gateway | tau-airline | openai-jsonl | ...
+    Column(
+        "source", String(32), nullable=False
+    ),  # gateway | openai-jsonl | cassettes | ... (the importer's name)
     Column("source_key", String(200), unique=True),  # idempotent imports: one row per source record
     Column("agent", String(200)),
     Column("session", String(200)),
