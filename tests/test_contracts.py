@@ -228,3 +228,9 @@ def test_the_cli_lists_call_sites_with_their_kind_and_refuses_a_wrong_kind(tmp_p
     wrong = runner.invoke(main, ["train", "--kind", "json", *db])
     assert wrong.exit_code == 1 and "label answers" in wrong.output and "--kind label" in wrong.output
     assert "Traceback" not in wrong.output
+    unknown = runner.invoke(main, ["train", "--site", "prompt:nosuchsite", *db])
+    assert (
+        unknown.exit_code == 1
+        and "prompt:nosuchsite" in unknown.output
+        and "downsize sites" in unknown.output
+    )

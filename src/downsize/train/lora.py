@@ -53,6 +53,7 @@ def train_specialist(
     if not exchanges:
         where = f" of source {config.source!r}" if config.source else ""
         where += f" of agent {config.agent!r}" if config.agent else ""
+        where += f" at call site {config.site!r} (`downsize sites` lists them)" if config.site else ""
         raise TrainingError(
             f"no training data: the store holds no calls{where} in the training part of the dev split"
             + (" of the curated view" if config.curated else "")
