@@ -446,7 +446,7 @@ def _report() -> dict[str, Any]:
         + [Scored(-0.1, True, False, True)] * 2
         + [Scored(-0.5, True, True, True)] * 6
     )
-    threshold = calibrate(val, 0.95)
+    threshold = calibrate(val, 0.80)  # Learn-then-Test: 0.95 would need 118 calls at least
     return {
         "specialist": {"id": 1, "name": "airline<&>", "student": "smollm2-135m"},
         "target_agreement": 0.95,
@@ -476,7 +476,8 @@ def _svg(page: str) -> ET.Element:
 
 def test_curve_page_has_every_point_the_target_and_the_threshold(tmp_path: Path) -> None:
     report = _report()
-    assert report["threshold"] == -0.2  # 38 of 40 served agree at -0.2 (95%); adding -1.5 drops to 76%
+    # Learn-then-Test at 0.80: 30/30, then 38/40 at -0.2 (p = 0.008) pass; 38/50 at -1.5 (p = 0.81) stops
+    assert report["threshold"] == -0.2
     path = write_curve_html(report, tmp_path / "reports" / "curve.html")
     page = path.read_text()
     assert (

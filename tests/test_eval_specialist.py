@@ -67,3 +67,72 @@ def test_eval_calibrates_reports_and_draws_the_curves(
     monkeypatch.setattr(tool_calls_module, "scope_of", lambda _store, _sp: scope)
     with pytest.raises(ConfigError, match="none of the .* validation calls .* occur only in training"):
         evaluate_specialist(store, sp, EvalConfig(limit=6, batch_size=6, max_new_tokens=32), progress=False)
+
+
+def test_cross_fitted_calibration_never_scores_a_call_with_a_model_trained_on_its_workflow(
+    imported_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    import downsize.evaluate.tool_calls as tool_calls_module
+    from downsize.config import train_config_of
+    from downsize.evaluate.tool_calls import evaluate_specialist
+    from downsize.splits import fold_of, workflow_key
+    from downsize.train.data import training_exchanges
+    from downsize.train.lora import train_specialist
+
+    store = Store.open(imported_db)
+    config = TrainConfig(
+        max_tokens=200,
+        batch_size=4,
+        max_prompt_tokens=64,
+        max_message_tokens=32,
+        specialist="t-crossfit",
+        cross_fit=3,
+    )
+    result = train_specialist(store, config, out_dir=tmp_path / "adapter", progress=False)
+    sp = store.specialist(result.specialist_id)
+    assert sp.metrics["train"]["cross_fit"]["folds"] == 3
+    for fold in (1, 2):  # the fold models: same tokens as the specialist, saved beside it
+        assert (tmp_path / "adapter" / "folds" / str(fold) / "downsize.json").is_file()
+        assert sp.metrics["train"]["cross_fit"]["models"][fold - 1]["tokens"] >= 200
+
+    made, decided = tool_calls_module.runtime_for, []
+
+    def runtime_for(model, *args, **kwargs):  # which model each runtime is
+        runtime = made(model, *args, **kwargs)
+        runtime.test_adapter = Path(model.adapter_path)
+        return runtime
+
+    real_decide = tool_calls_module.decide_all
+
+    def decide_all(runtime, exchanges, decider, batch_size, label, progress):
+        decided.append((runtime.test_adapter, label, list(exchanges)))
+        return real_decide(runtime, exchanges, decider, batch_size, label, progress)
+
+    monkeypatch.setattr(tool_calls_module, "runtime_for", runtime_for)
+    monkeypatch.setattr(tool_calls_module, "decide_all", decide_all)
+    report = evaluate_specialist(
+        store, sp, EvalConfig(limit=6, batch_size=6, max_new_tokens=32), progress=False
+    )
+
+    trained = train_config_of(sp.config)
+    folds_seen = set()
+    for adapter, label, exchanges in decided:
+        if label == "eval test":
+            assert adapter == tmp_path / "adapter"  # the test split is the specialist's own
+            continue
+        fold = 0 if adapter == tmp_path / "adapter" else int(adapter.name)
+        folds_seen.add(fold)
+        its_training = {
+            workflow_key(ex) for ex in training_exchanges(store, replace(trained, fold=fold), "train")
+        }
+        assert its_training and exchanges
+        assert all(fold_of(ex, 3) == fold for ex in exchanges)  # each model scores its own held-out fold
+        assert not {workflow_key(ex) for ex in exchanges} & its_training  # never a workflow it trained on
+    assert folds_seen == {0, 1, 2}
+    cal = report.calibration or {}
+    assert cal["method"] == "cross_fit" and cal["folds"] == 3 and cal["rule"] == "learn-then-test"
+    assert cal["calls"] == report.validation.calls == sum(cal["fold_calls"].values())
+    assert set(cal["fold_calls"]) == {"0", "1", "2"}
+    assert set(cal["signal"]["auroc"]) == {"min", "token_min", "token_mean", "gate", "learned"}

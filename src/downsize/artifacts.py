@@ -162,6 +162,11 @@ class AtThreshold:
     agreement_lower95: float = 0.0
 
 
+def fold_dir(adapter_path: str | Path, fold: int) -> Path:
+    """Where a specialist's cross-fitting model for dev fold `fold` is saved (fold 0 is the specialist)."""
+    return Path(adapter_path) if fold == 0 else Path(adapter_path) / "folds" / str(fold)
+
+
 @dataclass
 class SplitFigures:
     calls: int = 0
@@ -220,6 +225,10 @@ class EvalReport:
     kind: str = "tool_call"  # the specialist's output contract
     # the teacher's agreement with itself where a situation recurs in the logs of this scope (evaluate/ceiling.py)
     teacher_ceiling: dict[str, Any] | None = None
+    # how the threshold was calibrated (evaluate/crossfit.py): method (cross_fit | validation), folds, calls,
+    # rule (learn-then-test) and delta, the confidence signal chosen and every signal's AUROC, the fold-0 figures
+    # and the gap between the calibration calls' agreement at the threshold and the test calls'
+    calibration: dict[str, Any] | None = None
     schema_version: int = EVAL_SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -257,6 +266,7 @@ class EvalReport:
             examples=list(data.get("examples") or []),
             kind=str(data.get("kind") or "tool_call"),
             teacher_ceiling=data.get("teacher_ceiling"),
+            calibration=data.get("calibration"),
             path=data.get("path"),
             curve_path=data.get("curve_path"),
         )

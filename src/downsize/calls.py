@@ -38,6 +38,7 @@ class CallSelection:
     curation_run: int | None = None
     include_hci: bool = False  # text replies a human reads (curation flags them)
     validation_fraction: float = 0.25
+    held_out_fold: int = 0  # the dev fold that is `validation` (cross-fitting's fold models hold out others)
     limit: int | None = None
 
     def __post_init__(self) -> None:
@@ -79,7 +80,7 @@ def select_calls(store: Store, selection: CallSelection) -> Selected:
             counts["other_kind"] += 1
             continue
         if selection.role in ("train", "validation") and (
-            split_role(ex, selection.validation_fraction) != selection.role
+            split_role(ex, selection.validation_fraction, selection.held_out_fold) != selection.role
         ):
             counts["other_role"] += 1
             continue

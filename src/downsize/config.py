@@ -84,8 +84,21 @@ class TrainConfig:
     # The router then serves only requests its task assigner maps to one of them.
     tasks: list[str] = field(default_factory=list)
     discovery_run: int | None = None  # the discovery run those keys belong to (default: the newest)
+    # cross-fitting (`evaluate/crossfit.py`): K >= 2 splits the dev workflows into K folds by hash; the
+    # specialist holds out fold 0 (validation_fraction becomes 1/K) and K - 1 fold models, each trained the
+    # same way on every other fold, score the rest, so calibration sees every dev call from a model that
+    # never trained on its workflow. 0: calibrate on the validation part only.
+    cross_fit: int = 0
+    fold: int = 0  # the dev fold this training holds out (set per fold model by cross-fitting)
 
     def __post_init__(self) -> None:
+        if self.cross_fit == 1 or not 0 <= self.cross_fit <= 10:
+            raise ConfigError(f"cross_fit is a number of folds from 2 to 10 (0: off), not {self.cross_fit}")
+        if self.cross_fit:
+            self.validation_fraction = 1.0 / self.cross_fit
+        folds = round(1 / self.validation_fraction) if self.validation_fraction > 0 else 1
+        if not 0 <= self.fold < max(1, folds):
+            raise ConfigError(f"fold {self.fold} is outside the {folds} dev folds")
         if self.method not in TRAIN_METHODS:
             raise ConfigError(
                 f"unknown training method {self.method!r}: use one of {', '.join(TRAIN_METHODS)}"
@@ -124,6 +137,9 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 64
     limit: int | None = None  # evaluate at most this many exchanges per split (for quick looks)
+    # tool tiers by name pattern (`decide/risk.py`): {read_only: [get_*, ...], destructive: [cancel_*, ...]};
+    # annotations the agent sends with its tools come first; every other tool is strict
+    risk: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass

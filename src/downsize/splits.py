@@ -64,13 +64,27 @@ def hash_split(workflow_id: str, test_fraction: float = TEST_FRACTION) -> str:
     return "test" if hash_fraction("test:" + workflow_id) < test_fraction else "dev"
 
 
-def dev_role(exchange: Exchange, validation_fraction: float) -> str:
-    """'train' or 'validation' for a dev-split exchange, fixed by its workflow's hash."""
-    return "validation" if hash_fraction(workflow_key(exchange)) < validation_fraction else "train"
+def dev_role(exchange: Exchange, validation_fraction: float, fold: int = 0) -> str:
+    """'train' or 'validation' for a dev-split exchange, fixed by its workflow's hash.
+
+    The dev workflows fall into folds of `validation_fraction` each, by that hash: fold k is the hashes in
+    [k * fraction, (k + 1) * fraction). The validation part is fold `fold` (0 by default); cross-fitting
+    (`evaluate/crossfit.py`) trains one model per fold, each holding out its own.
+    """
+    low = fold * validation_fraction
+    return (
+        "validation" if low <= hash_fraction(workflow_key(exchange)) < low + validation_fraction else "train"
+    )
 
 
-def role(exchange: Exchange, validation_fraction: float) -> str:
+def fold_of(exchange: Exchange, folds: int) -> int:
+    """The cross-fitting fold of a dev exchange's workflow, of `folds` (fold 0 is the validation part at
+    `validation_fraction = 1 / folds`)."""
+    return min(folds - 1, int(hash_fraction(workflow_key(exchange)) * folds))
+
+
+def role(exchange: Exchange, validation_fraction: float, fold: int = 0) -> str:
     """'train', 'validation' or 'test': the part of the data an exchange serves."""
     if exchange.split == "test":
         return "test"
-    return dev_role(exchange, validation_fraction)
+    return dev_role(exchange, validation_fraction, fold)

@@ -235,10 +235,19 @@ def specialist_worker(
 @click.option(
     "--data", type=click.Path(path_type=Path), help="tau-airline folder (default ../shared/data/tau-airline)."
 )
+@click.option(
+    "--cross-fit",
+    type=int,
+    default=0,
+    show_default=True,
+    help="K >= 2: split the budget over the specialist and K-1 fold models and calibrate on every dev call.",
+)
 @engine_option("Engine to calibrate and serve on.")
-def demo(max_minutes: float, data: Path | None, engine: str) -> None:
+def demo(max_minutes: float, data: Path | None, engine: str, cross_fit: int) -> None:
     """The embedded default end to end: import, train, eval, then replay the test split through the gateway."""
     from downsize.demo.run import run_demo
 
-    summary = run_demo(data or default_tau_airline(), train_minutes=max_minutes, engine=engine)
+    summary = run_demo(
+        data or default_tau_airline(), train_minutes=max_minutes, engine=engine, cross_fit=cross_fit
+    )
     click.echo(json.dumps(summary, indent=2))

@@ -68,6 +68,12 @@ from downsize.errors import DownsizeError
     help="Train a specialist for every task `downsize tasks` marks suitable, within --budget-minutes in all.",
 )
 @click.option("--budget-minutes", type=float, help="Total training time of --suitable (default 20).")
+@click.option(
+    "--cross-fit",
+    type=int,
+    help="Also train K-1 fold models (K from 2 to 10; same tokens each) so `downsize eval` calibrates on every "
+    "dev call, each scored by a model that never saw its workflow (takes K times the training time).",
+)
 @db_option
 def train(
     config_file: Path | None, db: str | None, suitable: bool, budget_minutes: float | None, **flags: Any
@@ -127,15 +133,30 @@ def _train_suitable(store: Any, config: TrainConfig, budget_minutes: float) -> N
 )
 @click.option("--limit", type=int, help="Evaluate at most this many calls per split (quick look).")
 @click.option("--batch-size", type=int)
+@click.option(
+    "--read-only",
+    help="Tool-name patterns (comma-separated globs) that only read: promotion at parity may serve them. Tools "
+    "the agent annotates (MCP readOnlyHint / destructiveHint) need none; every other tool is strict.",
+)
+@click.option("--destructive", help="Tool-name patterns that destroy or pay: served only at 0.99 agreement.")
 @engine_option("Engine to calibrate on (serve on the same one).")
 @db_option
 def eval_cmd(
-    specialist: str | None, config_file: Path | None, db: str | None, engine: str, **flags: Any
+    specialist: str | None,
+    config_file: Path | None,
+    db: str | None,
+    engine: str,
+    read_only: str | None,
+    destructive: str | None,
+    **flags: Any,
 ) -> None:
-    """Evaluate a specialist (default: the newest) against gpt-4o's logged calls; calibrate its threshold."""
+    """Evaluate a specialist (default: the newest) against the teacher's logged answers; calibrate its threshold."""
     from downsize.evaluate.tool_calls import evaluate_specialist
 
     config = resolve(EvalConfig, load_yaml(config_file) if config_file else None, **flags)
+    for tier, patterns in (("read_only", read_only), ("destructive", destructive)):
+        if patterns:
+            config.risk = {**config.risk, tier: [p.strip() for p in patterns.split(",") if p.strip()]}
     store = open_store(db)
     sp = store.specialist(specialist)
     report = evaluate_specialist(store, sp, config, engine=engine)
@@ -174,6 +195,20 @@ def eval_cmd(
         click.echo(
             "  teacher vs itself    no situation recurs in another workflow of this scope: ceiling unknown"
         )
+    chosen = (report.calibration or {}).get("signal") or {}
+    if chosen.get("auroc"):
+        listed = ", ".join(f"{k} {v:.3f}" for k, v in chosen["auroc"].items() if v is not None)
+        click.echo(
+            f"  confidence signals   AUROC on {chosen.get('calls', 0)} valid calibration answers: {listed}; "
+            f"serving on {chosen.get('name')}"
+        )
+    tiers = (report.calibration or {}).get("tiers") or {}
+    if tiers:
+        listed = ", ".join(f"{tier} {figures['calls']}" for tier, figures in tiers.items())
+        click.echo(
+            f"  risk tiers           valid calibration answers by the called tool's tier: {listed} "
+            "(`promote --rule parity` serves only read-only tools at parity; others need the strict target)"
+        )
     if thr is None:
         click.echo(
             f"  no threshold reaches {config.target_agreement:.0%} agreement on validation: "
@@ -181,9 +216,16 @@ def eval_cmd(
         )
     else:
         v = report.validation.at_threshold
+        cal = report.calibration or {}
+        signal = (cal.get("signal") or {}).get("name", "min")
+        where = (
+            f"{report.validation.calls} dev calls cross-fitted over {cal.get('folds')} folds"
+            if cal.get("method") == "cross_fit"
+            else f"{report.validation.calls} validation calls"
+        )
         click.echo(
-            f"  threshold            {thr:.4f} (min token log-prob; calibrated on {report.validation.calls} "
-            "validation calls)"
+            f"  threshold            {thr:.4f} (signal {signal}; Learn-then-Test at delta {cal.get('delta', 0.05)} "
+            f"on {where})"
         )
         click.echo(
             f"  validation at thr    served {v.served} ({v.served_share:.1%} of {noun}), "
@@ -252,7 +294,7 @@ def promote(
     what it would have answered. live needs the 95% lower bound of its validation agreement at that
     threshold to reach --target on at least --min-served calls.
     """
-    from downsize.evaluate.promotion import ORDER, promotion_gate
+    from downsize.evaluate.promotion import ORDER, promotion_gate, record_promotion
 
     store = open_store(db)
     sp = store.specialist(specialist)
@@ -261,10 +303,7 @@ def promote(
     result = promotion_gate(sp, to, target, min_served, rule=rule, margin=margin)
     if not result.allowed:
         raise DownsizeError(f"cannot promote specialist {sp.name} (id {sp.id}) to {to}: {result.reason}")
-    metrics = {**sp.metrics, "promotion": {"to": to, "reason": result.reason, **result.evidence}}
-    kept = {"threshold": result.threshold} if result.threshold is not None else {}
-    store.update_specialist(sp.id, metrics=metrics, **kept)  # the figures behind the decision, kept
-    store.set_status(sp.id, to)
+    record_promotion(store, sp, to, result)  # the status, its threshold and the figures behind the decision
     click.echo(f"specialist {sp.name} (id {sp.id}) is {to} for task {sp.task}: {result.reason}")
 
 

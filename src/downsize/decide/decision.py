@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from downsize.contracts import OutputContract
 from downsize.decide.gate import TaskGate
+from downsize.decide.risk import ANSWER, RiskPolicy, tier_of
 from downsize.decide.validate import validate_call
 from downsize.prompting import TEXT_REPLY
 from downsize.shapes import tool_names
@@ -97,10 +98,17 @@ def scope_of(store: Store, sp: Specialist) -> Scope:
 
 def decider_of(sp: Specialist, threshold: float | None) -> Decider:
     """A stored specialist's decider: its task gate (tool calls), its output contract, this threshold."""
+    calibration = (sp.metrics.get("eval") or {}).get("calibration") or {}
+    chosen = calibration.get("signal") or {}
+    tiers = (sp.metrics.get("promotion") or {}).get("tier_thresholds")
     return Decider(
         gate=TaskGate.load(sp.adapter_path),
         threshold=threshold,
         contract=OutputContract.from_dict(sp.config.get("contract")),
+        signal=chosen.get("name") or "min",
+        weights=chosen.get("weights"),
+        risk=RiskPolicy.from_dict(calibration.get("risk")),
+        tier_thresholds=dict(tiers) if isinstance(tiers, dict) else None,
     )
 
 
@@ -135,14 +143,59 @@ class Decision:
         return self.reason == "accept"
 
 
+SIGNALS = ("min", "token_min", "token_mean", "gate", "learned")
+FEATURES = ("token_min", "token_mean", "gate", "log_tokens")
+FLOOR = -30.0  # a log-probability of -inf (a cut generation) counts as this in a learned signal
+
+
+def signal_features(generation: Generation, plan: Plan) -> dict[str, float]:
+    """What a confidence signal is computed from: the student's lowest and mean token log-probability, the
+    gate's log-probability of its choice (0 without a gate), the answer's length."""
+    return {
+        "token_min": max(FLOOR, generation.min_logprob),
+        "token_mean": max(FLOOR, generation.mean_logprob),
+        "gate": max(FLOOR, plan.gate_logp),
+        "log_tokens": math.log1p(max(0, generation.tokens)),
+    }
+
+
+def confidence_of(signal: str, features: dict[str, float], weights: dict[str, float] | None = None) -> float:
+    """A confidence signal's value: `min` (the lower of the gate's and the lowest token log-probability, the
+    default), one feature alone, or `learned` (a logistic combination fitted at calibration: its log-odds)."""
+    if signal == "min":
+        return min(features["token_min"], features["gate"])
+    if signal == "learned":
+        w = weights or {}
+        return w.get("bias", 0.0) + sum(w.get(name, 0.0) * features[name] for name in FEATURES)
+    return features[signal]
+
+
 @dataclass
 class Decider:
-    """A specialist's gate, threshold and output contract; `threshold=None` decides for calibration (nothing
-    cut)."""
+    """A specialist's gate, threshold, output contract and confidence signal; `threshold=None` decides for
+    calibration (nothing cut)."""
 
     gate: TaskGate | None = None
     threshold: float | None = None
     contract: OutputContract = field(default_factory=lambda: OutputContract("tool_call"))
+    signal: str = "min"  # see SIGNALS; calibration picks the one that ranks right answers highest
+    weights: dict[str, float] | None = None  # the learned signal's
+    risk: RiskPolicy | None = None  # the user's tool tiers (`decide/risk.py`); annotations in requests first
+    # per risk tier, the threshold promotion set (None: that tier is never served); None: one threshold for all
+    tier_thresholds: dict[str, float | None] | None = None
+
+    def _tier_cut(self, tier: str) -> tuple[bool, float | None]:
+        """(never served, the threshold) for a tier, online; calibration (threshold None) cuts nothing."""
+        if self.threshold is None or self.tier_thresholds is None or tier not in self.tier_thresholds:
+            return False, self.threshold
+        value = self.tier_thresholds[tier]
+        return value is None, value
+
+    @property
+    def cuts_early(self) -> bool:
+        """Whether a low gate or token log-probability alone settles the decision below the threshold (the
+        signal is a minimum over them), so generation may stop at the first token under it."""
+        return self.signal in ("min", "token_min")
 
     def before(self, request: dict[str, Any]) -> Plan | Decision:
         """The gate's step: a Plan for generation, or the Decision already (a text reply, an unoffered tool,
@@ -156,14 +209,24 @@ class Decider:
             return Decision("gate_text", confidence=logp, candidate=note)
         if gated.label not in tool_names(request):
             return Decision("invalid_output:unknown_tool", confidence=logp, candidate=note)
-        if self.threshold is not None and logp < self.threshold:
+        tier = tier_of(gated.label, request, self.risk)
+        if self._tier_cut(tier)[0]:  # the chosen tool's tier is never served: no generation
+            return Decision(
+                f"risk_tier:{tier}", valid=True, confidence=logp, candidate=note, details={"tier": tier}
+            )
+        if self.threshold is not None and self.signal in ("min", "gate") and logp < self.threshold:
             return Decision("low_confidence", valid=True, confidence=logp, candidate=note)
         return Plan(tool=gated.label, gate_logp=logp, gate_note=note)
 
     def after(self, request: dict[str, Any], plan: Plan, generation: Generation) -> Decision:
         """The verdict on a generated answer: validation under the contract, then confidence against the
         threshold."""
-        confidence = min(generation.min_logprob, plan.gate_logp)
+        features = signal_features(generation, plan)
+        confidence = (
+            min(generation.min_logprob, plan.gate_logp)  # -inf stays -inf: a generation cut short
+            if self.signal == "min"
+            else confidence_of(self.signal, features, self.weights)
+        )
         value = generation.value if generation.value is not None else generation.call
         if value is None and generation.complete and self.contract.kind != "tool_call":
             value = self.contract.parse(generation.text)  # a worker's generation: read by this contract
@@ -174,6 +237,7 @@ class Decider:
             value=value,
             candidate=generation.text[:2000],
             tokens=generation.tokens,
+            details={"signals": features},
         )
         if generation.stopped_early:
             decision.reason, decision.valid = "low_confidence", True
@@ -187,7 +251,12 @@ class Decider:
             decision.candidate = f"{generation.text[:1500]} [{problem}]"
             return decision
         decision.valid = True
-        if self.threshold is not None and confidence < self.threshold:
+        tier = tier_of(value.name, request, self.risk) if isinstance(value, ToolCall) else ANSWER
+        decision.details["tier"] = tier
+        never, threshold = self._tier_cut(tier)
+        if never:
+            decision.reason = f"risk_tier:{tier}"
+        elif threshold is not None and confidence < threshold:
             decision.reason = "low_confidence"
         return decision
 

@@ -21,12 +21,21 @@ from downsize.config import EvalConfig, GatewayConfig, TrainConfig, home
 from downsize.demo.recorded_upstream import create_recorded_upstream, recordings
 from downsize.demo.servers import BackgroundServer
 from downsize.evaluate.metrics import exact_match, wilson_lower
-from downsize.evaluate.promotion import promotion_gate
+from downsize.evaluate.promotion import promotion_gate, record_promotion
 from downsize.importers.tau_airline import import_tau_airline
 from downsize.prompting import parse_target
 from downsize.route.loading import load_router
 from downsize.shapes import response_message, tool_calls
 from downsize.store import Store
+
+# The airline agent's tools carry no MCP annotations (readOnlyHint, destructiveHint), so the demo states their
+# risk tiers as a user would under `risk:` in a config file or with `downsize eval --read-only/--destructive`:
+# lookups only read; bookings, cancellations, updates and certificates change the world for good. Every other
+# tool (a transfer to a human) is strict.
+DEMO_RISK = {
+    "read_only": ["get_*", "search_*", "list_*", "calculate", "think"],
+    "destructive": ["book_*", "cancel_*", "update_*", "send_certificate"],
+}
 
 
 def _say(text: str) -> None:
@@ -85,11 +94,14 @@ def run_demo(
     student: str = "smollm2-135m",
     engine: str = "auto",
     epochs: float = 1.0,
+    cross_fit: int = 0,
 ) -> dict[str, Any]:
     """The whole loop on the embedded default; writes $DOWNSIZE_HOME/reports/demo-summary.json.
 
     `engine` serves (and evaluates, so the threshold is calibrated on the same numbers) through transformers
-    or llama.cpp; `auto` takes llama.cpp where it is installed.
+    or llama.cpp; `auto` takes llama.cpp where it is installed. With `cross_fit` K >= 2 the budget covers the
+    specialist and its K - 1 fold models (each gets `train_minutes / K`), and the threshold is calibrated on
+    every dev call, cross-fitted (`evaluate/crossfit.py`).
     """
     from downsize.train.lora import train_specialist
 
@@ -99,13 +111,17 @@ def run_demo(
     read, added = import_tau_airline(store, data)
     _say(f"imported {read} exchanges ({added} new)")
 
-    _say(f"training the specialist (budget {train_minutes} min on {_cores()} cores)")
-    result = train_specialist(store, TrainConfig(student=student, max_minutes=train_minutes, epochs=epochs))
+    folds = f", cross-fitted over {cross_fit} folds" if cross_fit else ""
+    _say(f"training the specialist (budget {train_minutes} min on {_cores()} cores{folds})")
+    per_model = train_minutes / max(1, cross_fit)
+    result = train_specialist(
+        store, TrainConfig(student=student, max_minutes=per_model, epochs=epochs, cross_fit=cross_fit)
+    )
     _say(
         f"trained: {result.tokens} tokens in {result.seconds / 60:.1f} min = {result.tokens_per_s:.0f} tokens/s"
     )
     assert result.specialist_id is not None
-    summary = prove_specialist(store, result.specialist_id, engine=engine)
+    summary = prove_specialist(store, result.specialist_id, engine=engine, risk=DEMO_RISK)
     summary["train"] = {
         "minutes": round(result.seconds / 60, 2),
         "tokens": result.tokens,
@@ -113,6 +129,7 @@ def run_demo(
         "examples": result.examples,
         "epochs": round(result.epochs, 3),
         "final_loss": round(result.final_loss, 4),
+        "cross_fit": cross_fit or None,
     }
     summary["wall_minutes"] = round((time.perf_counter() - wall) / 60, 2)
     summary_path = home() / "reports" / "demo-summary.json"
@@ -127,7 +144,9 @@ def run_demo(
     return summary
 
 
-def prove_specialist(store: Store, specialist_id: int, engine: str = "auto") -> dict[str, Any]:
+def prove_specialist(
+    store: Store, specialist_id: int, engine: str = "auto", risk: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
     """Evaluate a trained specialist, apply the promotion gate, and replay the test split through the gateway.
 
     The router is built by `load_router`, the same code `downsize serve` uses, so a specialist trained on
@@ -142,17 +161,16 @@ def prove_specialist(store: Store, specialist_id: int, engine: str = "auto") -> 
     runtime = runtime_for(specialist, engine=engine)
     engine = runtime.engine
     _say("evaluating on validation (calibration) and test tool calls")
-    report = evaluate_specialist(store, specialist, EvalConfig(), runtime=runtime)
+    report = evaluate_specialist(store, specialist, EvalConfig(risk=risk or {}), runtime=runtime)
     threshold = report.threshold
     specialist = store.specialist(specialist_id)  # with the threshold and metrics the evaluation stored
     # the product's own rule: live only through the promotion gate (strict, else at parity with the teacher's
-    # own agreement); otherwise shadow (log, never serve)
+    # own agreement, read-only tools only); otherwise shadow (log, never serve)
     gate_live = promotion_gate(specialist, "live")
     gate_parity = promotion_gate(specialist, "live", rule="parity")
     rule = "strict" if gate_live.allowed else "parity" if gate_parity.allowed else "none"
     if rule == "parity":
-        threshold, gate_live = gate_parity.threshold, gate_parity
-        store.update_specialist(specialist_id, threshold=threshold)
+        gate_live = gate_parity
     status = (
         "live"
         if gate_live.allowed
@@ -160,7 +178,13 @@ def prove_specialist(store: Store, specialist_id: int, engine: str = "auto") -> 
         if promotion_gate(specialist, "shadow").allowed
         else "candidate"
     )
-    if status != "candidate":
+    if status == "live":
+        record_promotion(
+            store, specialist, "live", gate_live
+        )  # the threshold per risk tier, as `promote` does
+        threshold = gate_live.threshold
+        specialist = store.specialist(specialist_id)
+    elif status == "shadow":
         store.set_status(specialist_id, status)
     if threshold is None:
         _say(
@@ -249,9 +273,13 @@ def prove_specialist(store: Store, specialist_id: int, engine: str = "auto") -> 
         "validation_at_threshold": asdict(report.validation.at_threshold),
         # gpt-4o against itself where a situation recurs in another trial (evaluate/ceiling.py)
         "teacher_ceiling": report.teacher_ceiling,
+        # how the threshold was calibrated: cross-fitted or on validation, Learn-then-Test, the signal, the gap
+        "calibration": report.calibration,
         "rule_served": rule,  # strict (the 95% target's bound), parity (non-inferiority), none
         "served_share_strict": report.test.at_threshold.served_share if report.threshold is not None else 0.0,
-        **_at_parity(report, gate_parity),
+        **_at_parity(report, gate_parity, rule, served, agreed, tool_call_count),
+        "tier_thresholds": gate_live.evidence.get("tier_thresholds") if status == "live" else None,
+        "served_by_tier": _by_tier(replayed, logged, run_id, risk),
         "test_curve": report.test_tool_calls.curve,
         "eval_test_at_threshold": asdict(report.test.at_threshold),  # every test call, offline
         "by_target": [
@@ -280,15 +308,58 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _at_parity(report: Any, gate: Any) -> dict[str, Any]:
-    """What the parity threshold (chosen on validation) serves of the test tool calls, offline."""
+def _at_parity(
+    report: Any, gate: Any, rule: str, served: int, agreed: int, tool_calls: int
+) -> dict[str, Any]:
+    """What the parity rule serves of the test split: the replay's own figures when the demo served at parity;
+    else, for a single threshold, the test curve's point at it (offline); with risk tiers and another rule, not
+    measured (None)."""
     from downsize.evaluate.curves import point_at_threshold
 
-    point = point_at_threshold(report.test_tool_calls.curve, gate.threshold) if gate.allowed else None
-    served, agreed = (point["served"], point["agreed"]) if point else (0, 0)
-    return {
-        "parity": {"allowed": gate.allowed, "reason": gate.reason, "threshold": gate.threshold},
-        "served_share_parity": point["coverage"] if point else 0.0,
-        "agreement_parity": agreed / served if served else None,
-        "agreement_parity_lower95": wilson_lower(agreed, served),
+    parity = {
+        "allowed": gate.allowed,
+        "reason": gate.reason,
+        "threshold": gate.threshold,
+        "tier_thresholds": gate.evidence.get("tier_thresholds"),
     }
+    if rule == "parity":
+        return {
+            "parity": parity,
+            "served_share_parity": round(served / tool_calls, 4) if tool_calls else 0.0,
+            "agreement_parity": round(agreed / served, 4) if served else None,
+            "agreement_parity_lower95": round(wilson_lower(agreed, served), 4),
+        }
+    if gate.allowed and gate.evidence.get("tier_thresholds"):
+        return {"parity": parity, "served_share_parity": None, "agreement_parity": None}
+    point = point_at_threshold(report.test_tool_calls.curve, gate.threshold) if gate.allowed else None
+    n, k = (point["served"], point["agreed"]) if point else (0, 0)
+    return {
+        "parity": parity,
+        "served_share_parity": point["coverage"] if point else 0.0,
+        "agreement_parity": k / n if n else None,
+        "agreement_parity_lower95": wilson_lower(k, n),
+    }
+
+
+def _by_tier(
+    replayed: list[dict[str, Any]],
+    logged: dict[str | None, Any],
+    run_id: str,
+    risk: dict[str, list[str]] | None,
+) -> dict[str, dict[str, int]]:
+    """Per risk tier of the teacher's tool: test tool calls, how many the specialist served, how many agreed."""
+    from downsize.decide.risk import RiskPolicy, tier_of
+
+    policy = RiskPolicy.from_dict(risk or {})
+    out: dict[str, dict[str, int]] = {}
+    for rec in replayed:
+        if not rec["teacher_called"]:
+            continue
+        ex = rec["exchange"]
+        teacher = tool_calls(response_message(ex.response))
+        tier = tier_of(teacher[0].name if teacher else None, ex.request, policy)
+        row = out.setdefault(tier, {"tool_calls": 0, "served": 0, "agreed": 0})
+        row["tool_calls"] += 1
+        row["served"] += int(rec["by_specialist"])
+        row["agreed"] += int(rec["by_specialist"] and rec["agrees"])
+    return dict(sorted(out.items()))

@@ -207,10 +207,18 @@ def curve_html(report: Mapping[str, Any]) -> str:
     facts = [f"student: {html.escape(str((specialist or {}).get('student', '?')))}"]
     if isinstance(target, int | float):
         facts.append(f"target agreement {target:.0%}")
+    found = report.get("calibration")
+    calibration: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    signal = (calibration.get("signal") or {}).get("name", "min")
+    how = (
+        f"Learn-then-Test on {calibration.get('calls')} dev calls cross-fitted over {calibration.get('folds')} folds"
+        if calibration.get("method") == "cross_fit"
+        else "Learn-then-Test on the validation calls"
+    )
     facts.append(
-        f"calibrated threshold {threshold:.4g} (minimum token log-probability)"
+        f"calibrated threshold {threshold:.4g} (signal {html.escape(str(signal))}; {how})"
         if isinstance(threshold, int | float)
-        else "no threshold reaches the target on validation: the specialist serves nothing"
+        else f"no threshold reaches the target ({how}): the specialist serves nothing"
     )
     if report.get("evaluated_at"):
         facts.append(f"evaluated {html.escape(str(report['evaluated_at']))}")

@@ -72,16 +72,97 @@ def curve(items: Sequence[Scored]) -> list[CurvePoint]:
     return points
 
 
-def calibrate(items: Sequence[Scored], target: float, min_served: int = 10) -> float | None:
-    """The lowest threshold whose served calls reach `target` agreement (at least `min_served` of them).
+DELTA = 0.05  # calibration's risk: the chance that the served calls' agreement is below target after all
+
+
+def binomial_upper_tail(successes: int, n: int, p: float) -> float:
+    """P(X >= successes) for X ~ Binomial(n, p): the exact one-sided p-value of "agreement rate <= p"."""
+    if successes <= 0:
+        return 1.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    terms = [
+        math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q
+        for k in range(successes, n + 1)
+    ]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def start_size(target: float, delta: float = DELTA, min_served: int = 10) -> int:
+    """Where the fixed sequence of tests starts: twice the calls a perfect record needs to reject
+    "agreement <= target" at `delta` (fewer could never pass, and a first test that cannot pass would stop
+    the sequence before it reaches calls with power), and at least `min_served`."""
+    if target <= 0.0:
+        return min_served
+    if target >= 1.0:
+        return 10**9
+    return max(min_served, 2 * math.ceil(math.log(delta) / math.log(target)))
+
+
+def ltt_point(
+    points: Sequence[CurvePoint], target: float, delta: float = DELTA, min_served: int = 10
+) -> CurvePoint | None:
+    """Learn-then-Test (Angelopoulos et al., 2021) over the curve's thresholds, fixed-sequence: from the most
+    confident, test each threshold's null "the calls it serves agree at a rate <= target" with the exact
+    binomial tail, and stop at the first that cannot be rejected at `delta`. The point returned is the laxest
+    rejected one: with probability >= 1 - delta over the calibration calls, calls exchangeable with them that
+    it serves agree at a rate above `target`. None when the first test fails (then nothing is served).
+
+    The grid is the curve's own thresholds, thinned to steps of about 2% of the calls so that one noisy
+    neighbour does not end the sequence; it is fixed by confidences alone, never by which calls agreed.
+    """
+    ordered = sorted(points, key=lambda p: p.served)
+    if not ordered:
+        return None
+    step = max(5, ordered[-1].served // 50)
+    grid: list[CurvePoint] = []
+    first = start_size(target, delta, min_served)
+    for point in ordered:
+        if point.served >= first and (not grid or point.served >= grid[-1].served + step):
+            grid.append(point)
+    if ordered[-1].served >= first and grid and grid[-1] is not ordered[-1]:
+        grid.append(ordered[-1])
+    best = None
+    for point in grid:
+        if binomial_upper_tail(point.agreed, point.served, target) > delta:
+            break
+        best = point
+    return best
+
+
+def calibrate(
+    items: Sequence[Scored], target: float, min_served: int = 10, delta: float = DELTA
+) -> float | None:
+    """The threshold Learn-then-Test (`ltt_point`) picks for `target` on these calls: the laxest whose served
+    calls agree above `target` with 95% confidence, tested in sequence from the most confident.
 
     None when no threshold does: then the specialist should serve nothing.
     """
-    best = None
-    for point in curve(items):
-        if point.served >= min_served and point.agreement >= target:
-            best = point.threshold
-    return best
+    point = ltt_point(curve(items), target, delta, min_served)
+    return point.threshold if point else None
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """The probability that a right answer's score ranks above a wrong one's (ties count half): how well a
+    confidence signal separates them. None without both kinds."""
+    pairs = sorted(zip(scores, labels, strict=True), key=lambda x: x[0])
+    positives = sum(1 for _, y in pairs if y)
+    negatives = len(pairs) - positives
+    if not positives or not negatives:
+        return None
+    rank_sum, i = 0.0, 0
+    while i < len(pairs):
+        j = i
+        while j + 1 < len(pairs) and pairs[j + 1][0] == pairs[i][0]:
+            j += 1
+        mid = (i + j) / 2 + 1  # mean rank of the tied run
+        rank_sum += mid * sum(1 for k in range(i, j + 1) if pairs[k][1])
+        i = j + 1
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
 def at_threshold(items: Sequence[Scored], threshold: float | None) -> AtThreshold:

@@ -8,8 +8,9 @@ the task's target, on at least `min_served` calls: a lower bound, not a point es
 `rule="parity"` judges against the teacher instead of a fixed target: a non-inferiority test. The bar is the
 teacher's own agreement where a situation recurs (`evaluate/ceiling.py`, stored in the eval report) minus a
 stated `margin`; the threshold is the one serving the most validation calls whose agreement's 95% lower bound
-is not below that bar, on at least `min_served` calls; the ceiling must rest on at least `MIN_CEILING_PAIRS`
-answer pairs. Both rules return the figures behind the decision.
+is not below that bar, on at least `min_served` calls, chosen by Learn-then-Test (`metrics.ltt_point`) so that
+picking the laxest of many thresholds does not inflate the bound; the ceiling must rest on at least
+`MIN_CEILING_PAIRS` answer pairs. Both rules return the figures behind the decision.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from downsize.artifacts import AtThreshold, EvalReport
-from downsize.evaluate.metrics import wilson_lower
+from downsize.decide.risk import ANSWER, DESTRUCTIVE_TARGET
+from downsize.evaluate.metrics import CurvePoint, ltt_point, wilson_lower
 from downsize.types import Specialist
 
 ORDER = ("candidate", "shadow", "live")
@@ -53,9 +55,48 @@ def _refused(
 
 
 def parity_point(curve: list[dict[str, Any]], bar: float, min_served: int) -> dict[str, Any] | None:
-    """The validation curve point serving the most calls whose agreement lower bound reaches `bar`."""
-    fit = [p for p in curve if p["served"] >= min_served and wilson_lower(p["agreed"], p["served"]) >= bar]
-    return max(fit, key=lambda p: (p["served"], -p["threshold"])) if fit else None
+    """The calibration curve point Learn-then-Test picks at `bar` (`metrics.ltt_point`): the laxest threshold
+    whose served calls agree above the bar with 95% confidence, tested in sequence from the most confident."""
+    points = [
+        CurvePoint(
+            threshold=float(p["threshold"]),
+            served=int(p["served"]),
+            agreed=int(p["agreed"]),
+            coverage=float(p.get("coverage", 0.0)),
+            agreement=p["agreed"] / p["served"] if p["served"] else 0.0,
+            agreement_lower95=wilson_lower(p["agreed"], p["served"]),
+        )
+        for p in curve
+    ]
+    point = ltt_point(points, bar, min_served=min_served)
+    return next((p for p in curve if float(p["threshold"]) == point.threshold), None) if point else None
+
+
+def tier_thresholds(
+    tiers: dict[str, Any], target: float, min_served: int, parity_bar: float | None = None
+) -> dict[str, float | None]:
+    """A threshold per risk tier (`decide/risk.py`) on that tier's calibration curve: read-only tools at parity
+    with the teacher (`parity_bar`; at `target` without one), other tools at `target`, destructive ones at
+    `DESTRUCTIVE_TARGET`; each by Learn-then-Test. None: the tier is never served."""
+    out: dict[str, float | None] = {}
+    for tier, figures in sorted(tiers.items()):
+        curve = list((figures or {}).get("curve") or [])
+        if tier in ("read_only", ANSWER) and parity_bar is not None:
+            point = parity_point(curve, parity_bar, min_served)
+        else:
+            bar = max(target, DESTRUCTIVE_TARGET) if tier == "destructive" else target
+            point = parity_point(curve, bar, min_served)
+        out[tier] = float(point["threshold"]) if point else None
+    return out
+
+
+def _tier_line(tier: str, threshold: float | None, bar: float, target: float) -> str:
+    rule = (
+        f"at parity {bar:.3f}"
+        if tier in ("read_only", ANSWER)
+        else f"at {max(target, DESTRUCTIVE_TARGET) if tier == 'destructive' else target:.2f}"
+    )
+    return f"{tier} {rule}: " + (f"threshold {threshold:.4g}" if threshold is not None else "not served")
 
 
 def parity_gate(
@@ -83,8 +124,24 @@ def parity_gate(
             evidence,
         )
     bar = float(ceiling["agreement"]) - margin
-    point = parity_point(evaluation.validation.curve, bar, min_served)
     evidence["bar"] = bar
+    tiers = (evaluation.calibration or {}).get("tiers")
+    if tiers:  # tool calls: each risk tier of the called tool gets its own threshold
+        chosen = tier_thresholds(tiers, evaluation.target_agreement, min_served, parity_bar=bar)
+        evidence["tier_thresholds"] = chosen
+        served = {t: v for t, v in chosen.items() if v is not None}
+        listed = "; ".join(_tier_line(t, v, bar, evaluation.target_agreement) for t, v in chosen.items())
+        if not served:
+            return GateResult(
+                False, f"no risk tier of its tools can be served ({listed}): keep training", evidence
+            )
+        return GateResult(
+            True,
+            f"by risk tier of the called tool ({listed}); the teacher's own agreement is {ceiling['agreement']:.3f}",
+            evidence,
+            threshold=min(served.values()),
+        )
+    point = parity_point(evaluation.validation.curve, bar, min_served)
     evidence["point"] = point
     if point is None:
         return GateResult(
@@ -118,7 +175,7 @@ def promotion_gate(
         return GateResult(False, f"unknown promotion rule {rule!r}: use one of {', '.join(RULES)}", {})
     evaluation = EvalReport.of(specialist)
     at = evaluation.validation.at_threshold if evaluation else AtThreshold()
-    evidence = {
+    evidence: dict[str, Any] = {
         "threshold": specialist.threshold,
         "validation_served": at.served,
         "validation_agreement": at.agreement if evaluation else None,
@@ -142,6 +199,12 @@ def promotion_gate(
         return GateResult(
             True, "calibrated: it may run in shadow beside the LLM", evidence, threshold=specialist.threshold
         )
+    tiers = (evaluation.calibration or {}).get("tiers") or {}
+    if "destructive" in tiers:  # tools that destroy answer to a stricter target than the rest
+        destructive = tier_thresholds(
+            {"destructive": tiers["destructive"]}, evaluation.target_agreement, min_served
+        )
+        evidence["tier_thresholds"] = {**{t: specialist.threshold for t in tiers}, **destructive}
     served, lower = at.served, at.agreement_lower95
     if served < min_served or lower < target_lower95:
         return GateResult(
@@ -156,3 +219,13 @@ def promotion_gate(
         evidence,
         threshold=specialist.threshold,
     )
+
+
+def record_promotion(store: Any, specialist: Specialist, to: str, result: GateResult) -> None:
+    """Apply an allowed promotion: the status, the threshold the rule chose, and the figures behind it
+    (`metrics.promotion`, with the per-tier thresholds the router then applies)."""
+    assert result.allowed and specialist.id is not None
+    metrics = {**specialist.metrics, "promotion": {"to": to, "reason": result.reason, **result.evidence}}
+    kept = {"threshold": result.threshold} if result.threshold is not None else {}
+    store.update_specialist(specialist.id, metrics=metrics, **kept)
+    store.set_status(specialist.id, to)

@@ -1,16 +1,18 @@
-"""Evaluate a specialist on held-out calls against the teacher (gpt-4o's logged calls), and calibrate its threshold.
+"""Evaluate a specialist on held-out calls against the teacher's logged answers, and calibrate its threshold.
 
-The threshold is calibrated on the validation slice of the dev split (workflows never trained on),
-over every call there, text replies included: at run time the router cannot know that the teacher
-would have answered in text, so a call served there counts against it. The test split is only
-reported on, never tuned on.
+The threshold is calibrated on held-out dev calls: the validation slice (workflows never trained on), or,
+for a specialist trained with cross-fitting, every dev call, each decided by the fold model that never saw
+its workflow (`crossfit.py`). Every call there counts, text replies included: at run time the router cannot
+know that the teacher would have answered in text, so a call served there counts against it. The threshold
+is Learn-then-Test's (`metrics.calibrate`), on the confidence signal that ranks right answers highest. The
+test split is only reported on, never tuned on.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,12 @@ from downsize.calls import CallSelection, select_calls
 from downsize.config import EvalConfig, home, train_config_of
 from downsize.contracts import OutputContract, answer_of
 from downsize.decide.decision import Decider, Decision, Plan, decider_of, scope_of
+from downsize.decide.risk import RiskPolicy
 from downsize.errors import ConfigError
 from downsize.evaluate.ceiling import RECENT_TURNS, teacher_ceiling
+from downsize.evaluate.crossfit import apply_signal, choose_signal, fold_decisions, groups_of
 from downsize.evaluate.metrics import (
+    DELTA,
     TARGETS,
     Scored,
     at_threshold,
@@ -165,9 +170,9 @@ def evaluate_specialist(
     # the teacher would reply in text there (counted against the specialist when it serves)
     kinds = ("tool_call", "text") if contract.kind == "tool_call" else ("tool_call", "json", "text")
 
-    def held_out(role: str) -> tuple[list[Exchange], int]:
-        """The role's calls the router would send this specialist (`all`: every split, for the teacher's ceiling);
-        `limit` caps each kind (quick looks)."""
+    def held_out(role: str, fold: int = 0) -> tuple[list[Exchange], int]:
+        """The role's calls the router would send this specialist (`all`: every split, for the teacher's ceiling;
+        `validation` of a `fold`: that dev fold's); `limit` caps each kind (quick looks)."""
         selection = CallSelection(
             source=specialist.config.get("source"),
             agent=specialist.config.get("agent"),
@@ -175,6 +180,7 @@ def evaluate_specialist(
             kinds=kinds,
             include_hci=True,
             validation_fraction=train_cfg.validation_fraction,
+            held_out_fold=fold,
         )
         offered = select_calls(store, selection).exchanges
         inside = [ex for ex in offered if in_scope(ex)]
@@ -204,15 +210,60 @@ def evaluate_specialist(
                 else "the source has too few workflows for a validation split; import more logs"
             )
         )
-    decider = decider_of(specialist, None)
-    val_decisions = decide_all(runtime, validation, decider, config.batch_size, "eval validation", progress)
-    all_decisions = decide_all(runtime, test_all, decider, config.batch_size, "eval test", progress)
-    val_scored = [scored(ex, d, contract) for ex, d in zip(validation, val_decisions, strict=True)]
+    # calibration decides with the default signal and keeps every signal's inputs; the choice comes after
+    risk = RiskPolicy.from_dict(config.risk)
+    decider = replace(
+        decider_of(specialist, None), signal="min", weights=None, risk=risk, tier_thresholds=None
+    )
+
+    def decide(run: Any, calls: list[Exchange], chosen: Decider, label: str) -> list[Decision]:
+        return decide_all(run, calls, chosen, config.batch_size, label, progress)
+
+    val_decisions = decide(runtime, validation, decider, "eval validation")
+    all_decisions = decide(runtime, test_all, decider, "eval test")
+    calibration, cal_decisions = list(validation), list(val_decisions)
+    folds = train_cfg.cross_fit
+    if folds:
+        more, more_decisions, fold_ids = fold_decisions(
+            specialist,
+            folds,
+            lambda fold: held_out("validation", fold)[0],
+            decide,
+            lambda model: runtime_for(model, config.max_new_tokens, engine=engine),
+            decider,
+        )
+        calibration += more
+        cal_decisions += more_decisions
+        groups = [0] * len(validation) + fold_ids
+    else:
+        groups = groups_of(calibration, 4)
+    cal_agrees = [scored(ex, d, contract).agrees for ex, d in zip(calibration, cal_decisions, strict=True)]
+    signal = choose_signal(cal_decisions, cal_agrees, groups)
+    apply_signal([*cal_decisions, *all_decisions], signal)
+    cal_scored = [scored(ex, d, contract) for ex, d in zip(calibration, cal_decisions, strict=True)]
+    val_scored = cal_scored[: len(validation)]  # fold 0: the specialist's own held-out workflows
     all_scored = [scored(ex, d, contract) for ex, d in zip(test_all, all_decisions, strict=True)]
     test_scored = [s for s, fits in zip(all_scored, is_answer, strict=True) if fits]
     test_decisions = [d for d, fits in zip(all_decisions, is_answer, strict=True) if fits]
-    threshold = calibrate(val_scored, config.target_agreement)
-    targets = by_target(val_scored, all_scored, sorted({*TARGETS, config.target_agreement}))
+    threshold = calibrate(cal_scored, config.target_agreement)
+    targets = by_target(cal_scored, all_scored, sorted({*TARGETS, config.target_agreement}))
+    cal_at, test_at = at_threshold(cal_scored, threshold), at_threshold(all_scored, threshold)
+    calibration_facts = {
+        "method": "cross_fit" if folds else "validation",
+        "folds": folds or None,
+        "calls": len(calibration),
+        "fold_calls": {str(k): groups.count(k) for k in sorted(set(groups))} if folds else None,
+        "rule": "learn-then-test",
+        "delta": DELTA,
+        "signal": signal.to_dict(),
+        "specialist_fold": asdict(at_threshold(val_scored, threshold)),
+        # how far the calibration calls' agreement at the threshold overstates the test calls' (None: no serve)
+        "gap": round(cal_at.agreement - test_at.agreement, 4) if cal_at.served and test_at.served else None,
+        "risk": risk.to_dict(),
+        # per risk tier of the tool the specialist would call: its calibration curve (promotion sets a
+        # threshold per tier from it; `decide/risk.py`)
+        "tiers": _tier_curves(cal_decisions, cal_scored) if contract.kind == "tool_call" else None,
+    }
 
     def same_tool(ex: Exchange, d: Decision) -> bool:
         reference = answer_of(contract.kind, ex.response)
@@ -232,10 +283,10 @@ def evaluate_specialist(
         engine=engine,
         target_agreement=config.target_agreement,
         threshold=threshold,
-        validation=SplitFigures(
-            calls=len(validation),
-            at_threshold=at_threshold(val_scored, threshold),
-            curve=[asdict(p) for p in curve(val_scored)],
+        validation=SplitFigures(  # the calibration calls: every dev fold's when cross-fitted
+            calls=len(calibration),
+            at_threshold=cal_at,
+            curve=[asdict(p) for p in curve(cal_scored)],
         ),
         test_tool_calls=ToolCallFigures(
             calls=n,
@@ -250,11 +301,12 @@ def evaluate_specialist(
             equivalent_agreement_lower95=wilson_lower(alike, n),
         ),
         # every test call in scope, text replies included: what the router would serve, as in the replay
-        test=SplitFigures(calls=len(test_all), at_threshold=at_threshold(all_scored, threshold)),
+        test=SplitFigures(calls=len(test_all), at_threshold=test_at),
         by_target=targets,
         seconds=time.perf_counter() - started,
         kind=contract.kind,
         teacher_ceiling={**asdict(ceiling), "recent_turns": RECENT_TURNS, "rule": "strict"},
+        calibration=calibration_facts,
         # raw calls of a curated specialist stay out of its artifacts: only their ids then
         examples=[
             {"exchange": ex.id}
@@ -281,6 +333,17 @@ def evaluate_specialist(
 
     write_curve_html(saved, Path(report.curve_path))
     return report
+
+
+def _tier_curves(decisions: list[Decision], items: list[Scored]) -> dict[str, Any]:
+    """Each risk tier's calibration curve, over the valid decisions whose tool falls in it."""
+    out: dict[str, Any] = {}
+    for tier in sorted({str(d.details.get("tier")) for d in decisions if d.valid and d.details.get("tier")}):
+        chosen = [
+            s for d, s in zip(decisions, items, strict=True) if d.valid and d.details.get("tier") == tier
+        ]
+        out[tier] = {"calls": len(chosen), "curve": [asdict(p) for p in curve(chosen)]}
+    return out
 
 
 def report_path(specialist: Specialist) -> Path:

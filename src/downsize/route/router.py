@@ -158,7 +158,7 @@ class Router:
             gen = slot.runtime.generate(
                 request["messages"],
                 request.get("tools") or [],
-                stop_below=slot.decider.threshold,
+                stop_below=slot.decider.threshold if slot.decider.cuts_early else None,
                 tool=plan.tool,
                 **extra,
             )

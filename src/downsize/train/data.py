@@ -50,6 +50,7 @@ def selection(
         # JSON, label or text specialist is taken as machine-facing (`include_hci`)
         include_hci=kinds is not None and kinds != ("tool_call",),
         validation_fraction=config.validation_fraction,
+        held_out_fold=config.fold,
     )
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from downsize.artifacts import SpecialistScope
+from downsize.artifacts import SpecialistScope, fold_dir
 from downsize.config import TrainConfig, home
 from downsize.copying import learn_copied, save_copied
 from downsize.errors import TrainingError
@@ -67,6 +67,34 @@ def train_specialist(
         )
     if config.specialist is None:
         config = replace(config, specialist=default_name(config, exchanges, requested))
+    assert config.specialist is not None
+    out_dir = out_dir or home() / "specialists" / f"{config.specialist}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result, train_stats, tools, sites = _fit(store, config, exchanges, contract, out_dir, progress)
+    if config.cross_fit:
+        train_stats["cross_fit"] = train_folds(store, config, contract, out_dir, result.tokens, progress)
+    specialist = Specialist(
+        name=config.specialist,
+        task=",".join(config.tasks) if config.tasks else config.specialist,
+        base_model=config.student,
+        adapter_path=str(out_dir),
+        config={**asdict(config), "task_tools": tools, "contract": contract.to_dict(), "sites": sites},
+        data_hash=result.data_hash,
+        metrics={"train": train_stats},
+    )
+    result.specialist_id = store.add_specialist(specialist)
+    return result
+
+
+def _fit(
+    store: Store,
+    config: TrainConfig,
+    exchanges: list[Any],
+    contract: Any,
+    out_dir: Path,
+    progress: bool,
+) -> tuple[TrainResult, dict[str, Any], list[str], list[str]]:
+    """Fit one model on these training calls and save it with its gate, copied-argument rules and manifest:
+    the specialist, or one of its cross-fitting fold models."""
     copied = (
         learn_copied(
             (ex.request.get("messages") or [], call)
@@ -84,10 +112,7 @@ def train_specialist(
             f"max_target_tokens={config.max_target_tokens} or did not fit the {contract.kind} contract"
         )
     model, stats = fit_adapter(model, tokenizer, examples, config, progress=progress)
-
     hashed = data_hash(examples)
-    assert config.specialist is not None
-    out_dir = out_dir or home() / "specialists" / f"{config.specialist}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = TrainResult(
         adapter_path=out_dir,
         examples=len(examples),
@@ -142,17 +167,33 @@ def train_specialist(
         hashed,
         extra={"stats": train_stats, "gate": gate_stats, "scope": scope},
     )
-    specialist = Specialist(
-        name=config.specialist,
-        task=",".join(config.tasks) if config.tasks else config.specialist,
-        base_model=config.student,
-        adapter_path=str(out_dir),
-        config={**asdict(config), "task_tools": tools, "contract": contract.to_dict(), "sites": sites},
-        data_hash=hashed,
-        metrics={"train": train_stats},
-    )
-    result.specialist_id = store.add_specialist(specialist)
-    return result
+    return result, train_stats, tools, sites
+
+
+def train_folds(
+    store: Store, config: TrainConfig, contract: Any, out_dir: Path, tokens: int, progress: bool
+) -> dict[str, Any]:
+    """The cross-fitting fold models: for each dev fold k >= 1, the same training on every other fold, for the
+    same number of tokens as the specialist (not minutes: the same compute whatever the machine's load), saved
+    under `folds/k`. Each scores only its own fold's calls at evaluation."""
+    folds: list[dict[str, Any]] = []
+    for fold in range(1, config.cross_fit):
+        fold_config = replace(config, fold=fold, max_minutes=None, max_tokens=tokens)
+        exchanges = training_exchanges(store, fold_config, "train")
+        if not exchanges:
+            raise TrainingError(f"cross-fitting fold {fold} has no training calls: use fewer folds")
+        if progress:
+            print(f"cross-fitting: fold model {fold} of {config.cross_fit - 1} ({len(exchanges)} calls)")
+        result, _, _, _ = _fit(store, fold_config, exchanges, contract, fold_dir(out_dir, fold), progress)
+        folds.append(
+            {
+                "fold": fold,
+                "examples": result.examples,
+                "tokens": result.tokens,
+                "seconds": round(result.seconds, 1),
+            }
+        )
+    return {"folds": config.cross_fit, "models": folds}
 
 
 def fit_gate(store: Store, config: TrainConfig, out_dir: Path, tools: frozenset[str]) -> dict[str, Any]:
@@ -172,6 +213,7 @@ def fit_gate(store: Store, config: TrainConfig, out_dir: Path, tools: frozenset[
         curated=config.curated,
         include_hci=True,
         validation_fraction=config.validation_fraction,
+        held_out_fold=config.fold,
     )
     points = decision_points(select_calls(store, chosen).exchanges)
     texts = [gate_input(messages) for messages, _, _ in points]

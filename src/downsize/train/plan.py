@@ -65,7 +65,9 @@ def train_suitable(
             continue
         say(f"training {run.fit.task_key} ({run.fit.label[:50]}): {run.fit.train} calls, {share:.1f} min")
         started = time.monotonic()
-        task_config = replace(config, tasks=[run.fit.task_key], specialist=None, max_minutes=share)
+        # cross-fitting trains the specialist and K - 1 fold models for the same tokens: the share covers all K
+        minutes = share / max(1, config.cross_fit)
+        task_config = replace(config, tasks=[run.fit.task_key], specialist=None, max_minutes=minutes)
         try:
             result = trainer(store, task_config, progress=progress)
         except DownsizeError as exc:

@@ -1,0 +1,137 @@
+"""Cross-fitted calibration: the choice of confidence signal, and fold models that never score their own workflows."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from downsize.decide.decision import Decider, Decision, Plan, confidence_of
+from downsize.evaluate.crossfit import apply_signal, choose_signal
+from downsize.types import Generation
+
+
+def _decision(token_min: float, token_mean: float, gate: float = 0.0) -> Decision:
+    features = {"token_min": token_min, "token_mean": token_mean, "gate": gate, "log_tokens": 2.0}
+    return Decision("accept", valid=True, confidence=min(token_min, gate), details={"signals": features})
+
+
+def test_the_signal_that_ranks_right_answers_highest_is_chosen() -> None:
+    rng = random.Random(0)
+    decisions, agrees = [], []
+    for i in range(200):
+        right = i % 2 == 0
+        # the lowest token says nothing; the mean token log-probability separates right from wrong
+        decisions.append(_decision(-rng.uniform(0, 3), -(0.1 if right else 0.6) - rng.uniform(0, 0.2)))
+        agrees.append(right)
+    groups = [i % 4 for i in range(200)]
+    choice = choose_signal(decisions, agrees, groups)
+    assert choice.auroc["token_mean"] == 1.0 and choice.auroc["min"] < 0.65
+    assert choice.name in ("token_mean", "learned") and choice.calls == 200
+    assert choice.auroc["learned"] is not None  # judged out of fold
+    apply_signal(decisions, choice)
+    ranked = sorted(zip(decisions, agrees, strict=True), key=lambda x: -x[0].confidence)
+    assert all(right for _, right in ranked[:100])  # served first: the right answers
+
+
+def test_the_default_signal_keeps_its_place_on_a_tie() -> None:
+    decisions = [_decision(-0.1, -0.1), _decision(-2.0, -2.0), _decision(-0.2, -0.2), _decision(-3.0, -3.0)]
+    choice = choose_signal(decisions, [True, False, True, False], [0, 1, 0, 1])
+    assert choice.name == "min" and choice.weights is None
+    assert choice.auroc["learned"] is None  # each fold holds one label: nothing to fit out of fold
+
+
+def test_the_decider_serves_on_its_signal_and_cuts_early_only_for_a_minimum() -> None:
+    gen = Generation("x", None, min_logprob=-2.0, mean_logprob=-0.1, tokens=5, value="ok", complete=True)
+    from downsize.contracts import OutputContract
+
+    label = OutputContract("label", labels=["ok", "no"])
+    by_min = Decider(threshold=-1.0, contract=label)
+    by_mean = Decider(threshold=-1.0, contract=label, signal="token_mean")
+    assert by_min.cuts_early and not by_mean.cuts_early
+    request = {"messages": [{"role": "user", "content": "is it ok?"}]}
+    assert by_min.after(request, Plan(), gen).reason == "low_confidence"
+    served = by_mean.after(request, Plan(), gen)
+    assert served.accepted and served.confidence == pytest.approx(-0.1)
+    weights = {"bias": 1.0, "token_min": 0.5, "token_mean": 0.0, "gate": 0.0, "log_tokens": 0.0}
+    assert confidence_of("learned", served.details["signals"], weights) == pytest.approx(0.0)
+    cut = Generation("", None, min_logprob=-math.inf, mean_logprob=-math.inf, tokens=1, stopped_early=True)
+    assert by_mean.after(request, Plan(), cut).reason == "low_confidence"
+
+
+def test_risk_tiers_come_from_annotations_then_config_then_strict() -> None:
+    from downsize.decide.risk import RiskPolicy, tier_of
+
+    tools = [
+        {"type": "function", "function": {"name": "get_order"}, "annotations": {"readOnlyHint": True}},
+        {"type": "function", "function": {"name": "refund", "annotations": {"destructiveHint": True}}},
+        {"type": "function", "function": {"name": "note", "readOnlyHint": False, "destructiveHint": False}},
+        {"type": "function", "function": {"name": "search_items"}},
+        {"type": "function", "function": {"name": "cancel_order"}},
+        {"type": "function", "function": {"name": "transfer"}},
+    ]
+    request = {"messages": [], "tools": tools}
+    policy = RiskPolicy.from_dict({"read_only": ["search_*", "refund"], "destructive": ["cancel_*"]})
+    assert tier_of("get_order", request, policy) == "read_only"  # annotated
+    assert tier_of("refund", request, policy) == "destructive"  # the annotation wins over the config
+    assert tier_of("note", request, policy) == "strict"  # writes, not destructively
+    assert tier_of("search_items", request, policy) == "read_only"  # config pattern
+    assert tier_of("cancel_order", request, policy) == "destructive"
+    assert tier_of("transfer", request, policy) == "strict"  # neither: strict
+    assert tier_of(None, request, policy) == "answer"  # not a tool call
+    with pytest.raises(Exception, match="unknown risk tier"):
+        RiskPolicy.from_dict({"readonly": ["x"]})
+
+
+def test_a_tier_without_a_threshold_is_never_served_and_others_use_their_own() -> None:
+    from downsize.decide.risk import RiskPolicy
+    from downsize.types import ToolCall
+
+    tools = [
+        {"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
+        for n in ("get", "cancel")
+    ]
+    request = {"messages": [{"role": "user", "content": "hi"}], "tools": tools}
+    decider = Decider(
+        threshold=-2.0,
+        risk=RiskPolicy.from_dict({"read_only": ["get"], "destructive": ["cancel"]}),
+        tier_thresholds={"read_only": -2.0, "destructive": None, "strict": -0.1},
+    )
+
+    def gen(name: str, logp: float) -> Generation:
+        return Generation("x", ToolCall(name, {}), min_logprob=logp, mean_logprob=logp, tokens=3)
+
+    assert decider.after(request, Plan(), gen("get", -1.0)).accepted  # read-only at its own threshold
+    refused = decider.after(request, Plan(), gen("cancel", -0.01))
+    assert refused.reason == "risk_tier:destructive" and refused.details["tier"] == "destructive"
+    # calibration (no threshold) records the tier and cuts nothing
+    calibrating = Decider(risk=decider.risk, tier_thresholds=None)
+    assert calibrating.after(request, Plan(), gen("cancel", -0.01)).details["tier"] == "destructive"
+
+
+def test_parity_promotion_sets_a_threshold_per_risk_tier() -> None:
+    from downsize.evaluate.promotion import promotion_gate
+    from downsize.types import Specialist
+
+    def points(rows: list[tuple[float, int, int]]) -> list[dict[str, float]]:
+        return [{"threshold": t, "served": n, "agreed": k} for t, n, k in rows]
+
+    # read-only: 36/40 at -0.5 clears the parity bar 0.75 (p = 0.016); strict: 28/30 cannot show 0.95
+    tiers = {
+        "read_only": {"calls": 60, "curve": points([(-0.3, 30, 27), (-0.5, 40, 36), (-0.9, 60, 45)])},
+        "strict": {"calls": 30, "curve": points([(-0.2, 30, 28)])},
+    }
+    metrics = {
+        "eval": {
+            "target_agreement": 0.95,
+            "validation": {"curve": [], "at_threshold": {}},
+            "teacher_ceiling": {"agreement": 0.80, "pairs": 400, "situations": 80},
+            "calibration": {"tiers": tiers},
+        }
+    }
+    sp = Specialist("t", "t", "smollm2-135m", "/a", {}, "h", id=2, threshold=None, metrics=metrics)
+    result = promotion_gate(sp, "live", rule="parity", margin=0.05)
+    assert result.allowed and result.threshold == -0.5
+    assert result.evidence["tier_thresholds"] == {"read_only": -0.5, "strict": None}
+    assert "strict at 0.95: not served" in result.reason
