@@ -1,7 +1,7 @@
 # downsize: every target creates or reuses .venv and installs what it needs.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-0.3
+STAMP := $(VENV)/.installed-0.4
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 

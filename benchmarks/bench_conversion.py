@@ -34,6 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench-results"
 CASSETTES = ROOT.parent / "shared" / "data" / "crewai-cassettes"
 TARGETS = (0.80, 0.90, 0.95)
+# the airline agent's tools carry no MCP annotations: their risk tiers, as its user would state them (the demo
+# states the same); crewAI's recorded tool calls are left strict
+RISK = (
+    "--read-only",
+    "get_*,search_*,list_*,calculate,think",
+    "--destructive",
+    "book_*,cancel_*,update_*,send_certificate",
+)
 
 
 def cli(*args: str, check: bool = True) -> tuple[int, str]:
@@ -53,16 +61,21 @@ def cli(*args: str, check: bool = True) -> tuple[int, str]:
 
 def parity_row(specialist: Any, report: Any) -> dict[str, Any]:
     """`promote --rule parity` on this specialist, and what its threshold serves of the test calls of its kind."""
-    from downsize.evaluate.curves import point_at_threshold
-    from downsize.evaluate.promotion import promotion_gate
+    from downsize.evaluate.promotion import promotion_gate, served_on_test
 
     gate = promotion_gate(specialist, "live", rule="parity")
-    row: dict[str, Any] = {"promoted": gate.allowed, "reason": gate.reason, "threshold": gate.threshold}
-    if gate.threshold is not None:
-        point = point_at_threshold(report.test_tool_calls.curve, gate.threshold) or {}
-        row["test_served"] = point.get("served", 0)
-        row["test_agreed"] = point.get("agreed", 0)
-        row["test_served_share"] = point.get("coverage", 0.0)
+    row: dict[str, Any] = {
+        "promoted": gate.allowed,
+        "reason": gate.reason,
+        "threshold": gate.threshold,
+        "tier_thresholds": gate.evidence.get("tier_thresholds"),
+    }
+    measured = served_on_test(report, gate)
+    if measured is not None:
+        served, agreed, calls = measured
+        row["test_served"] = served
+        row["test_agreed"] = agreed
+        row["test_served_share"] = round(served / calls, 4) if calls else 0.0
     return row
 
 
@@ -72,6 +85,12 @@ def main() -> int:
     )
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="Total training budget.")
     parser.add_argument("--home", type=Path, help="DOWNSIZE_HOME (default: a fresh temporary one).")
+    parser.add_argument(
+        "--cross-fit",
+        type=int,
+        default=2,
+        help="Folds of cross-fitted calibration (train K models per task within the budget; 0: validation only).",
+    )
     parser.add_argument(
         "--skip-train",
         action="store_true",
@@ -95,7 +114,8 @@ def main() -> int:
         timed("splits", "splits")
         timed("discover", "discover")
         timed("tasks", "tasks", "--limit", "15")
-        timed("train", "train", "--suitable", "--budget-minutes", str(args.budget_minutes))
+        folds = ["--cross-fit", str(args.cross_fit)] if args.cross_fit else []
+        timed("train", "train", "--suitable", "--budget-minutes", str(args.budget_minutes), *folds)
 
     from downsize.artifacts import EvalReport
     from downsize.discover import runs
@@ -137,7 +157,7 @@ def main() -> int:
     for unit, sp in specialists.items():
         report = EvalReport.of(sp) if args.skip_train else None  # a rerun keeps the evaluations it has
         if report is None:
-            code, out = timed("eval", "eval", str(sp.id), check=False)
+            code, out = timed("eval", "eval", str(sp.id), *RISK, check=False)
             report = EvalReport.of(store.specialist(sp.id)) if code == 0 else None
             evaluated[unit] = report if report is not None else out.strip().splitlines()[-1:] or [""]
         else:
@@ -168,6 +188,13 @@ def main() -> int:
             row["teacher_ceiling"] = result.teacher_ceiling  # gpt-4o against itself where a situation recurs
             row["parity"] = parity_row(specialists[f.task_key], result)
             row["exact_agreement_lower95"] = round(t.exact_agreement_lower95, 4)
+            cal = result.calibration or {}
+            row["calibration"] = {
+                k: cal.get(k) for k in ("method", "folds", "calls", "fold_calls", "rule", "delta", "gap")
+            } | {
+                "signal": (cal.get("signal") or {}).get("name"),
+                "auroc": (cal.get("signal") or {}).get("auroc"),
+            }
             row["validation_calls"] = result.validation.calls
             row["test_calls_in_scope"] = result.test.calls
             row["by_target"] = {

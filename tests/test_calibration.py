@@ -135,3 +135,31 @@ def test_parity_promotion_sets_a_threshold_per_risk_tier() -> None:
     assert result.allowed and result.threshold == -0.5
     assert result.evidence["tier_thresholds"] == {"read_only": -0.5, "strict": None}
     assert "strict at 0.95: not served" in result.reason
+
+
+def test_what_tier_thresholds_serve_on_test_is_read_from_each_tiers_curve() -> None:
+    from downsize.artifacts import EvalReport
+    from downsize.evaluate.promotion import GateResult, served_on_test
+
+    def pts(rows: list[tuple[float, int, int]]) -> list[dict[str, float]]:
+        return [{"threshold": t, "served": n, "agreed": k} for t, n, k in rows]
+
+    report = EvalReport.from_dict(
+        {
+            "test": {"calls": 50, "at_threshold": {"tool_calls": 40}},
+            "calibration": {
+                "test_tiers": {
+                    "read_only": {"curve": pts([(-0.1, 5, 5), (-0.6, 12, 10), (-2.0, 20, 12)])},
+                    "destructive": {"curve": pts([(-0.05, 3, 3)])},
+                },
+                "test_curve": pts([(-0.1, 8, 8), (-0.6, 15, 13)]),
+            },
+        }
+    )
+    tiers = GateResult(
+        True, "", {"tier_thresholds": {"read_only": -0.5, "destructive": None}}, threshold=-0.5
+    )
+    assert served_on_test(report, tiers) == (5, 5, 40)  # -0.5 serves the -0.1 point; destructive never
+    single = GateResult(True, "", {}, threshold=-0.6)
+    assert served_on_test(report, single) == (15, 13, 40)
+    assert served_on_test(report, GateResult(False, "", {})) is None

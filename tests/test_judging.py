@@ -143,3 +143,31 @@ def test_equivalence_follows_bfcls_possible_answer_rule(student: dict[str, Any],
     assert equivalent(TOOL_CALL, teacher, decision) is alike
     strict = TOOL_CALL.agrees(decision.value, teacher.response)
     assert strict == (student == {"city": "New York", "seats": 2})  # the strict rule is kept beside it
+
+
+def test_a_probe_answer_pairs_with_the_call_it_repeats() -> None:
+    from downsize.evaluate.probe import probe_report
+    from downsize.types import PROBE_ROUTE
+
+    def probe(of: Exchange, response: dict[str, Any], id_: int) -> Exchange:
+        return Exchange(
+            of.request, response, workflow=of.workflow, route=PROBE_ROUTE, id=id_, prompt_tokens=10
+        )
+
+    first = ex("w1", ["cancel r1"], call("cancel", id="r1"))
+    first.id, first.response_kind = 1, "tool_call"
+    other = ex("w2", ["thanks"], text("bye"))
+    other.id, other.response_kind = 2, "text"
+    again = probe(first, call("cancel", id="r1"), 3)
+    again.response_kind = "tool_call"
+    differs = probe(other, text("see you"), 4)
+    differs.response_kind = "text"
+    # the same situation in one workflow: without the probe nothing recurs; with it, one pair that agrees
+    assert teacher_ceiling([first], TOOL_CALL).overall.pairs == 0
+    both = teacher_ceiling([first, again], TOOL_CALL).overall
+    assert (both.pairs, both.agreed, both.probe_pairs) == (1, 1, 1)
+    report = probe_report([first, other, again, differs])
+    assert report.overall.probes == report.overall.paired == 2
+    # the tool-call pair agrees; two text answers of a site without tools compare as normalised text
+    assert (report.overall.pairs, report.overall.agreed) == (2, 1)
+    assert report.overall.prompt_tokens == 20

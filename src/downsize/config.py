@@ -142,6 +142,32 @@ class EvalConfig:
     risk: dict[str, list[str]] = field(default_factory=dict)
 
 
+PROBE_MODES = ("shadow", "live")
+
+
+@dataclass
+class ProbeConfig:
+    """The consistency probe (`probe:` in the gateway YAML): re-ask the upstream a share of calls and store its
+    second answer beside the first, to measure the teacher's agreement with itself (`evaluate/probe.py`).
+
+    Off by default: each probe is one more paid upstream call (`downsize probes` shows what they cost). The
+    second request runs in the background after the agent has its answer, so it adds no latency. `shadow`
+    probes calls the upstream answered; `live` also probes calls a specialist served, so the teacher's answer
+    to them is known too (the live specialist's agreement, measured)."""
+
+    fraction: float = 0.0  # share of eligible calls re-asked, 0 to 1
+    mode: str = "shadow"  # shadow | live
+    max_in_flight: int = 4  # probes running at once; more are skipped (counted), never queued
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ConfigError(f"probe.fraction is a share from 0 to 1, not {self.fraction}")
+        if self.mode not in PROBE_MODES:
+            raise ConfigError(f"probe.mode must be one of {', '.join(PROBE_MODES)}, not {self.mode!r}")
+        if self.max_in_flight < 1:
+            raise ConfigError("probe.max_in_flight must be >= 1")
+
+
 @dataclass
 class RouteConfig:
     """How the gateway decides between its specialists and the upstream LLM (`route:` in the gateway YAML)."""
@@ -215,8 +241,11 @@ class GatewayConfig:
     log_format: str = "json"  # json | text
     log_level: str = "info"
     route: RouteConfig = field(default_factory=RouteConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.probe, dict):
+            self.probe = resolve(ProbeConfig, self.probe)
         self.fallback_upstreams = [_upstream_target(t) for t in self.fallback_upstreams]
         self.gateway_keys = [_gateway_key(k) for k in self.gateway_keys]
         if isinstance(self.route, dict):

@@ -10,6 +10,10 @@ ResponseKind = Literal["tool_call", "text", "json", "error", "empty"]
 Split = Literal["dev", "test"]
 
 
+# the stored route of a consistency probe's second upstream answer (the gateway's `probe:`; `evaluate/probe.py`)
+PROBE_ROUTE = "probe"
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """One function call: a tool name and its arguments as a parsed JSON object."""

@@ -43,7 +43,7 @@ def _register() -> None:
     from downsize.cli.discover import discover, tasks
     from downsize.cli.imports import register as register_imports
     from downsize.cli.models import models
-    from downsize.cli.serving import demo, serve, specialist_worker
+    from downsize.cli.serving import demo, probes, serve, specialist_worker
     from downsize.cli.sites import sites
     from downsize.cli.specialists import eval_cmd, promote, specialists, train
     from downsize.cli.splits import splits
@@ -61,6 +61,7 @@ def _register() -> None:
         promote,
         specialists,
         serve,
+        probes,
     ):
         main.add_command(command)
     main.add_command(specialist_worker)

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from downsize.artifacts import EvalReport
-from downsize.cli.options import config_option, db_option, engine_option, open_store
+from downsize.cli.options import config_option, db_option, engine_option, json_option, open_store
 from downsize.errors import DownsizeError
 from downsize.importers.tau_airline import default_path as default_tau_airline
 
@@ -74,6 +74,18 @@ from downsize.importers.tau_airline import default_path as default_tau_airline
 )
 @click.option("--redact", help="Capture-time redaction hook, as package.module:function.")
 @click.option(
+    "--probe",
+    "probe_fraction",
+    type=float,
+    help="Consistency probe: re-ask the upstream this share of calls (0-1) in the background and store the second "
+    "answer, to measure the teacher against itself (`downsize probes`). Each probe is a paid call. Default off.",
+)
+@click.option(
+    "--probe-mode",
+    type=click.Choice(["shadow", "live"]),
+    help="shadow: probe calls the upstream answered (default); live: also calls a specialist served.",
+)
+@click.option(
     "--cors-origin", "cors_origins", multiple=True, help="Allow this browser origin (CORS). Repeatable."
 )
 @click.option(
@@ -92,6 +104,8 @@ def serve(
     gateway_keys: tuple[str, ...],
     db: str | None,
     engine: str,
+    probe_fraction: float | None,
+    probe_mode: str | None,
     **flags: Any,
 ) -> None:
     """Run the OpenAI-compatible gateway: log every call, serve confident specialist calls, forward the rest.
@@ -121,6 +135,14 @@ def serve(
         gateway_keys=keys,
         **flags,
     )
+    if probe_fraction is not None or probe_mode is not None:
+        from downsize.config import ProbeConfig
+
+        config.probe = ProbeConfig(
+            fraction=probe_fraction if probe_fraction is not None else config.probe.fraction,
+            mode=probe_mode or config.probe.mode,
+            max_in_flight=config.probe.max_in_flight,
+        )
     route = config.route  # the YAML's `route:` section; flags override it
     no_route = no_route or not route.enabled
     threshold = threshold if threshold is not None else route.threshold
@@ -188,6 +210,22 @@ def serve(
         if worker is not None:
             worker.terminate()
             worker.wait(timeout=30)
+
+
+@click.command()
+@click.option("--source", help="Only this source's calls (default: every source).")
+@click.option("--agent", help="Only this agent's calls.")
+@json_option()
+@db_option
+def probes(source: str | None, agent: str | None, as_json: bool, db: str | None) -> None:
+    """What the gateway's consistency probe measured: the teacher's agreement with itself per call site, a served
+    specialist's agreement with the teacher (live mode), and what the probes cost."""
+    from downsize.evaluate.probe import as_json as report_json
+    from downsize.evaluate.probe import describe, probe_report
+
+    store = open_store(db)
+    report = probe_report(store.exchanges(source=source, agent=agent, probes=True))
+    click.echo(report_json(report) if as_json else describe(report))
 
 
 @click.command("specialist-worker")

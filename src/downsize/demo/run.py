@@ -21,7 +21,7 @@ from downsize.config import EvalConfig, GatewayConfig, TrainConfig, home
 from downsize.demo.recorded_upstream import create_recorded_upstream, recordings
 from downsize.demo.servers import BackgroundServer
 from downsize.evaluate.metrics import exact_match, wilson_lower
-from downsize.evaluate.promotion import promotion_gate, record_promotion
+from downsize.evaluate.promotion import promotion_gate, record_promotion, served_on_test
 from downsize.importers.tau_airline import import_tau_airline
 from downsize.prompting import parse_target
 from downsize.route.loading import load_router
@@ -311,10 +311,8 @@ def _cores() -> int:
 def _at_parity(
     report: Any, gate: Any, rule: str, served: int, agreed: int, tool_calls: int
 ) -> dict[str, Any]:
-    """What the parity rule serves of the test split: the replay's own figures when the demo served at parity;
-    else, for a single threshold, the test curve's point at it (offline); with risk tiers and another rule, not
-    measured (None)."""
-    from downsize.evaluate.curves import point_at_threshold
+    """What the parity rule serves of the test split: the replay's own figures when the demo served at parity,
+    else the report's test curves at its thresholds (offline)."""
 
     parity = {
         "allowed": gate.allowed,
@@ -329,15 +327,13 @@ def _at_parity(
             "agreement_parity": round(agreed / served, 4) if served else None,
             "agreement_parity_lower95": round(wilson_lower(agreed, served), 4),
         }
-    if gate.allowed and gate.evidence.get("tier_thresholds"):
-        return {"parity": parity, "served_share_parity": None, "agreement_parity": None}
-    point = point_at_threshold(report.test_tool_calls.curve, gate.threshold) if gate.allowed else None
-    n, k = (point["served"], point["agreed"]) if point else (0, 0)
+    measured = served_on_test(report, gate)  # offline, from the report's test curves (per risk tier)
+    n, k, calls = measured or (0, 0, 0)
     return {
         "parity": parity,
-        "served_share_parity": point["coverage"] if point else 0.0,
-        "agreement_parity": k / n if n else None,
-        "agreement_parity_lower95": wilson_lower(k, n),
+        "served_share_parity": round(n / calls, 4) if calls else 0.0,
+        "agreement_parity": round(k / n, 4) if n else None,
+        "agreement_parity_lower95": round(wilson_lower(k, n), 4),
     }
 
 

@@ -10,6 +10,10 @@ For a tool-call contract a text reply is an answer too (`<text>`): a pair counts
 tool, since those are the answers the router would serve. The interval is Wilson's over pairs; pairs from one
 situation are not independent, so it is narrower than the truth when a few situations hold many answers
 (`situations` and `answers` are reported beside it).
+
+The gateway's consistency probe (`probe.py`) adds the teacher sampled again on the very same call: a probe's
+answer pairs with the first answer (and with the situation's other workflows) as if from another workflow;
+`probe_pairs` counts those pairs.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 from downsize.contracts import OutputContract, answer_of, canonical_json, normalise_text
 from downsize.evaluate.metrics import wilson_lower
-from downsize.types import Exchange
+from downsize.types import PROBE_ROUTE, Exchange
 
 RECENT_TURNS = 3
 
@@ -36,6 +40,9 @@ class CeilingFigures:
     answers: int = 0  # teacher answers in those situations
     pairs: int = 0  # answer pairs from different workflows that count (see the module doc)
     agreed: int = 0
+    probe_pairs: int = (
+        0  # of them, pairs with a consistency probe's answer (the gateway re-asked the teacher)
+    )
     agreement: float | None = None  # None when no situation recurs
     agreement_lower95: float | None = None
     agreement_upper95: float | None = None
@@ -99,19 +106,22 @@ def teacher_ceiling(
             continue
         task = task_of(ex) if task_of is not None else None
         key = situation_key(list(ex.request.get("messages") or []), recent)
-        groups[(task, key)].append((ex.workflow or ex.session or str(ex.id), answer))
+        # a probe's answer is the teacher sampled again on the very same call: its own "workflow" to pair with
+        origin = f"probe:{ex.id}" if ex.route == PROBE_ROUTE else (ex.workflow or ex.session or str(ex.id))
+        groups[(task, key)].append((origin, answer))
     per_task: dict[str, CeilingFigures] = defaultdict(CeilingFigures)
     overall = CeilingFigures()
     for (task, _), answers in groups.items():
         if len({w for w, _ in answers}) < 2:
             continue
-        pairs = agreed = 0
+        pairs = agreed = probed = 0
         for i, (wi, ai) in enumerate(answers):
             for wj, aj in answers[i + 1 :]:
                 if wi == wj or (ai == "<text>" and aj == "<text>"):
                     continue
                 pairs += 1
                 agreed += ai == aj
+                probed += wi.startswith("probe:") or wj.startswith("probe:")
         if not pairs:
             continue
         for figures in (overall, per_task[task or "all"]):
@@ -119,6 +129,7 @@ def teacher_ceiling(
             figures.answers += len(answers)
             figures.pairs += pairs
             figures.agreed += agreed
+            figures.probe_pairs += probed
     for figures in (overall, *per_task.values()):
         if figures.pairs:
             figures.agreement = figures.agreed / figures.pairs

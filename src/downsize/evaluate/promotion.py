@@ -229,3 +229,27 @@ def record_promotion(store: Any, specialist: Specialist, to: str, result: GateRe
     kept = {"threshold": result.threshold} if result.threshold is not None else {}
     store.update_specialist(specialist.id, metrics=metrics, **kept)
     store.set_status(specialist.id, to)
+
+
+def served_on_test(evaluation: EvalReport, gate: GateResult) -> tuple[int, int, int] | None:
+    """(served, agreed, teacher tool calls) on the test split at the thresholds an allowed gate chose, per risk
+    tier where it set them, offline from the report's test curves over every test call in scope (a call served
+    where the teacher replied in text counts against it); None when the gate refused."""
+    from downsize.evaluate.curves import point_at_threshold
+
+    if not gate.allowed:
+        return None
+    tool_calls = evaluation.test.at_threshold.tool_calls
+    chosen = gate.evidence.get("tier_thresholds")
+    tiers = (evaluation.calibration or {}).get("test_tiers")
+    if chosen and tiers is not None:
+        served = agreed = 0
+        for tier, threshold in chosen.items():
+            curve = (tiers.get(tier) or {}).get("curve") or []
+            point = point_at_threshold(curve, threshold) if threshold is not None else None
+            served += point["served"] if point else 0
+            agreed += point["agreed"] if point else 0
+        return served, agreed, tool_calls
+    curve = (evaluation.calibration or {}).get("test_curve") or []
+    point = point_at_threshold(curve, gate.threshold)
+    return (point["served"], point["agreed"], tool_calls) if point else (0, 0, tool_calls)

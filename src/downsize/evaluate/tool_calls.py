@@ -41,7 +41,7 @@ from downsize.evaluate.metrics import (
 from downsize.shapes import response_message, tool_calls
 from downsize.store import Store
 from downsize.store.store import now_iso
-from downsize.types import Exchange, Specialist
+from downsize.types import PROBE_ROUTE, Exchange, Specialist
 
 
 def teacher_call(ex: Exchange) -> Any:
@@ -194,7 +194,13 @@ def evaluate_specialist(
         return inside[: config.limit] if role not in ("test", "all") else inside, len(offered)
 
     validation, offered = held_out("validation")
-    ceiling = teacher_ceiling(held_out("all")[0], contract).overall  # the teacher only: every split
+    # the teacher only: every split, and the consistency probe's second answers to calls in this scope
+    probes = [
+        ex
+        for ex in store.exchanges(agent=specialist.config.get("agent"), probes=True)
+        if ex.route == PROBE_ROUTE and in_scope(ex)
+    ]
+    ceiling = teacher_ceiling([*held_out("all")[0], *probes], contract).overall
     test_all, _ = held_out("test")
     is_answer = [answer_of(contract.kind, ex.response) is not None for ex in test_all]
     test = [ex for ex, fits in zip(test_all, is_answer, strict=True) if fits]
@@ -263,6 +269,11 @@ def evaluate_specialist(
         # per risk tier of the tool the specialist would call: its calibration curve (promotion sets a
         # threshold per tier from it; `decide/risk.py`)
         "tiers": _tier_curves(cal_decisions, cal_scored) if contract.kind == "tool_call" else None,
+        # the same on every test call in scope: what a threshold per tier serves there (reported, not tuned on)
+        "test_tiers": _tier_curves(all_decisions, all_scored) if contract.kind == "tool_call" else None,
+        "test_curve": [
+            asdict(p) for p in curve(all_scored)
+        ],  # every test call in scope, text replies included
     }
 
     def same_tool(ex: Exchange, d: Decision) -> bool:

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -163,6 +164,9 @@ class _Gateway:
         self.specialist_timeout_s = config.specialist_timeout_s
         self.executor: ThreadPoolExecutor | None = None
         self._stuck: Future[RouteOutcome] | None = None  # a specialist call still running past its timeout
+        self.probe = config.probe
+        self.probe_tasks: set[asyncio.Task[None]] = set()
+        self.probe_counts = {"sent": 0, "skipped_busy": 0, "failed": 0}
         self.local_models: list[dict[str, Any]] = []
         for specialist in router.specialists if router is not None else []:
             self.local_models.append(
@@ -227,6 +231,7 @@ class _Gateway:
                     capture = Capture(payload, head.meta, wall, started, decision, specialist_id)
                     await self._capture(partial(capture.record, outcome.response, None, capture.elapsed_ms()))
                     self._observe(capture, 200)
+                    self._maybe_probe(payload, head, served=True)
                     headers = {"X-Downsize-Route": decision.route}
                     if stream:
                         options = payload.get("stream_options")
@@ -321,6 +326,8 @@ class _Gateway:
         await self._capture(partial(capture.from_body, data, status, capture.elapsed_ms()))
         headers["X-Downsize-Route"] = capture.route
         self._observe(capture, status)
+        if status < 400:
+            self._maybe_probe(capture.request, head, served=False)
         return Response(data, status_code=status, headers=headers)
 
     async def _forward_stream(self, body: bytes, head: _Head, capture: Capture) -> Response:
@@ -341,7 +348,47 @@ class _Gateway:
             await self._capture(partial(capture.from_body, data, stream.status, capture.elapsed_ms()))
             self._observe(capture, stream.status)
             return Response(data, status_code=stream.status, headers=headers)
+        self._maybe_probe(capture.request, head, served=False)
         return StreamingResponse(self._relay(stream, capture), status_code=stream.status, headers=headers)
+
+    # -- the consistency probe ---------------------------------------------------------------------------
+
+    def _maybe_probe(self, payload: dict[str, Any], head: _Head, served: bool) -> None:
+        """Re-ask the upstream this call, in the background, for a `probe.fraction` share of eligible calls
+        (upstream answers; in `live` mode a specialist's too). At most `max_in_flight` at once: more are
+        skipped, never queued, so a probe cannot pile up cost or memory."""
+        probe = self.probe
+        if probe.fraction <= 0.0 or (served and probe.mode != "live"):
+            return
+        if probe.fraction < 1.0 and random.random() >= probe.fraction:
+            return
+        if len(self.probe_tasks) >= probe.max_in_flight:
+            self.probe_counts["skipped_busy"] += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._probe(payload, head))
+        self.probe_tasks.add(task)
+        task.add_done_callback(self.probe_tasks.discard)
+
+    async def _probe(self, payload: dict[str, Any], head: _Head) -> None:
+        """The second upstream answer, stored as an exchange of the same request, session and agent with
+        route `probe` (never served, never trained on; `evaluate/probe.py` pairs it with the first)."""
+        request = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
+        capture = Capture(request, head.meta, time.time(), time.perf_counter(), None, None, probe=True)
+        try:
+            status, _, data = await self.pool.post_chat(
+                json.dumps(request).encode(), head.forward, head.client_auth
+            )
+        except UpstreamError as exc:
+            self.probe_counts["failed"] += 1
+            logger.warning("consistency probe failed: %s", exc)
+            return
+        self.probe_counts["sent"] += 1
+        await self._capture(partial(capture.from_body, data, status, capture.elapsed_ms()))
+
+    async def drain_probes(self, timeout_s: float = 30.0) -> None:
+        """Wait for the probes in flight (at shutdown, before the writer closes)."""
+        if self.probe_tasks:
+            await asyncio.wait(list(self.probe_tasks), timeout=timeout_s)
 
     async def _relay(self, stream: UpstreamStream, capture: Capture) -> AsyncIterator[bytes]:
         """Pass SSE bytes on as they arrive, keeping them for the log; a broken stream ends with an error event.
@@ -534,6 +581,7 @@ def create_app(
             yield
         finally:
             gateway.shutdown_router()
+            await gateway.drain_probes()
             await pool.close()
             await asyncio.to_thread(writer.close)
             logger.info("gateway stopped; %d exchange(s) written, %d dropped", writer.written, writer.dropped)
@@ -568,4 +616,5 @@ def create_app(
     app.state.router = router
     app.state.config = config
     app.state.metrics = metrics
+    app.state.gateway = gateway  # its probe counts and tasks (`probe_counts`, `drain_probes`)
     return app

@@ -19,7 +19,7 @@ from downsize.errors import ConfigError
 from downsize.gateway.auth import OriginHasher
 from downsize.gateway.writer import Prepare, Record
 from downsize.shapes import describe_response
-from downsize.types import Exchange, RouteDecision
+from downsize.types import PROBE_ROUTE, Exchange, RouteDecision
 
 # Request fields that identify the end user (OpenAI's `user`, and its successor `safety_identifier`).
 ORIGIN_FIELDS = ("user", "safety_identifier")
@@ -32,7 +32,7 @@ def _int_or_none(value: Any) -> int | None:
 class Capture:
     """What the gateway knows of one call before the response: enough to build its Exchange later."""
 
-    __slots__ = ("request", "meta", "wall", "started", "decision", "specialist_id")
+    __slots__ = ("request", "meta", "wall", "started", "decision", "specialist_id", "probe")
 
     def __init__(
         self,
@@ -42,7 +42,9 @@ class Capture:
         started: float,
         decision: RouteDecision | None,
         specialist_id: int | None,
+        probe: bool = False,
     ) -> None:
+        self.probe = probe  # a consistency probe's second upstream answer (route `probe`)
         self.request = request
         self.meta = meta
         self.wall = wall
@@ -52,6 +54,8 @@ class Capture:
 
     @property
     def route(self) -> str:
+        if self.probe:
+            return PROBE_ROUTE
         return self.decision.route if self.decision is not None else "upstream"
 
     @property

@@ -22,7 +22,7 @@ from downsize.splits import TEST_FRACTION, hash_split, workflow_key
 from downsize.store import schema
 from downsize.store.crypto import BodyCipher, is_envelope, require_key
 from downsize.store.migrations import migrate
-from downsize.types import Exchange, RouteDecision, Specialist
+from downsize.types import PROBE_ROUTE, Exchange, RouteDecision, Specialist
 
 _EXCHANGE_FIELDS = [c.name for c in schema.exchanges.columns if c.name != "id"]
 _BODY_COLUMNS = ("request", "response")
@@ -334,9 +334,14 @@ class Store:
         response_kind: str | None = None,
         is_hci: bool | None = None,
         limit: int | None = None,
+        probes: bool = False,
     ) -> Iterator[Exchange]:
-        """Exchanges in insertion order, filtered by the given columns."""
+        """Exchanges in insertion order, filtered by the given columns. A consistency probe's second answer
+        (route `probe`) is left out unless `probes`: it is never trained, discovered or evaluated on."""
         q = select(schema.exchanges).order_by(schema.exchanges.c.id)
+        if not probes:
+            route = schema.exchanges.c.route
+            q = q.where(or_(route.is_(None), route != PROBE_ROUTE))
         for col, value in (
             ("source", source),
             ("split", split),
