@@ -234,3 +234,42 @@ def test_the_cli_lists_call_sites_with_their_kind_and_refuses_a_wrong_kind(tmp_p
         and "prompt:nosuchsite" in unknown.output
         and "downsize sites" in unknown.output
     )
+
+
+def test_a_teacher_that_writes_json_arrays_gets_an_array_rooted_contract() -> None:
+    from downsize.backends.contract_grammar import grammar_for
+    from downsize.contracts import detect_contract
+    from downsize.shapes import completion
+    from downsize.types import Exchange
+
+    answers = ['[{"name": "a", "score": 1}]', '[{"name": "b", "score": 2}, {"name": "c", "score": 3}]'] * 5
+    log = [
+        Exchange(
+            {"messages": [{"role": "user", "content": f"rank {i}"}]},
+            completion({"role": "assistant", "content": a}, "m", 0, "c"),
+        )
+        for i, a in enumerate(answers)
+    ]
+    contract = detect_contract(log)
+    assert contract.kind == "json" and contract.schema["type"] == "array"
+    assert contract.schema["items"]["required"] == ["name", "score"]
+    grammar = grammar_for(contract, {"messages": []}, end="<end>")
+    assert not grammar.copy().feed("{")  # the root is an array
+    ok = grammar.copy()
+    assert ok.feed('[{"name": "b", "score": 4}]') and ok.done  # names repeat: an enum
+    assert not grammar.copy().feed('[{"nome"')  # keys follow the learned schema
+    assert contract.validate([{"name": "b", "score": 4}], {}) is None
+
+
+def test_suitability_says_when_outputs_vary_too_much() -> None:
+    from downsize.contracts import OutputContract
+    from downsize.discover.suitability import verdict
+
+    varied = OutputContract(
+        "json", schema={"type": "object", "properties": {}, "required": []}, schema_source="learned"
+    )
+    assert verdict(varied, 100, 30).startswith("outputs vary too much")
+    shaped = OutputContract("json", schema={"type": "object", "properties": {"a": {}}, "required": ["a"]})
+    assert verdict(shaped, 100, 30) == "suitable"
+    assert verdict(OutputContract("long_text", reason="long"), 100, 30).startswith("long")
+    assert verdict(shaped, 3, 30).startswith("too few calls")

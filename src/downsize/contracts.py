@@ -7,7 +7,8 @@ serves the answer in the shape the agent expects. Kinds:
 
 - `tool_call`: a native tool call (the request's `tools`), target `name {arguments}`;
 - `json`: a JSON object, under the request's own `response_format` schema when it carries one (`schema_source`
-  "request"), else under a schema learned from the training answers (keys, types, small enums: "learned");
+  "request"), else under a schema learned from the training answers (keys, types, small enums: "learned"); a
+  teacher that writes JSON arrays gets an array-rooted learned schema;
 - `label`: one of a closed set of short answers seen in training (`labels`);
 - `react`: text-format tool use, "Action: NAME / Action Input: {...}" (ReAct, crewAI, LangChain, MetaGPT):
   the action names and each action's input shape learned from training; the free-text thought is dropped;
@@ -396,7 +397,8 @@ def detect_contract(exchanges: Iterable[Exchange]) -> OutputContract:
         for req, _ in texts
         if (req.get("response_format") or {}).get("type") in ("json_schema", "json_object")
     ]
-    parsed = [(req, v) for req, t in texts if isinstance(v := parse_json_text(t), dict)]  # objects only
+    # objects, or arrays (a teacher that writes a list); OpenAI's response_format asks for objects only
+    parsed = [(req, v) for req, t in texts if isinstance(v := parse_json_text(t), dict | list)]
     if parsed and (len(parsed) * 10 >= len(texts) * 9 or len(asked) * 2 > len(texts)):
         values = [v for _, v in parsed]
         from_request = sum(1 for req, _ in parsed if response_format_schema(req) is not None)

@@ -132,7 +132,8 @@ class _Arr(NamedTuple):
 
 
 class JsonSchemaState:
-    """Incremental validator of a JSON object prefix under a compiled schema. `feed` is False on a bad char."""
+    """Incremental validator of a JSON object (or array, when the schema's root is one) prefix under a compiled
+    schema. `feed` is False on a bad char."""
 
     __slots__ = ("stack", "mode", "node", "buf", "str_len", "done", "max_string")
 
@@ -141,7 +142,7 @@ class JsonSchemaState:
         # start|value|value_or_end|key_or_end|key|key_string|key_escape|colon|string|escape|unicode|
         # number|literal|enum|after|end
         self.mode = "start"
-        self.node = node if node is not None and node.kind == "object" else GENERIC_OBJECT
+        self.node = node if node is not None and node.kind in ("object", "array") else GENERIC_OBJECT
         self.buf = ""  # partial key, number state, literal, enum text or unicode escape
         self.str_len = 0
         self.done = False
@@ -327,7 +328,7 @@ class JsonSchemaState:
         if ch in _WS:
             return mode != "end"
         if mode == "start":
-            return ch == "{" and self._start_value(ch)
+            return ch == ("[" if self.node.kind == "array" else "{") and self._start_value(ch)
         if mode in ("key_or_end", "key"):
             frame = self.stack[-1]
             assert isinstance(frame, _Obj)

@@ -3,7 +3,8 @@
 A task is suitable when its answers follow a contract a specialist can answer (`contracts.py`: tool calls,
 JSON, labels, text-format tool use, short text; not long free text), it has enough training calls to learn
 from, and enough validation calls (in workflows never trained on) to calibrate a threshold. Every other task
-is listed with the reason, so a user knows what to expect before training.
+is listed with the reason (too few calls, long free text, outputs that vary too much: JSON answers sharing no
+key), so a user knows what to expect before training.
 
 Discovered tasks are fine-grained (one tool's calls fall in many of them; a classifier's calls split by what
 is asked), so larger units are assessed too: the tasks of one tool form `tool:NAME`, and every answer given
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from downsize.contracts import OutputContract, detect_contract
 from downsize.discover import runs
@@ -37,11 +39,24 @@ def verdict(
     """`suitable`, or why a specialist cannot be trained and proven for these calls."""
     if contract.kind == "long_text":
         return f"{contract.reason} (train it anyway with --kind text)"
+    if contract.kind == "json" and contract.schema_source == "learned" and not _shared_shape(contract.schema):
+        return "outputs vary too much: the teacher's JSON answers share no key or type to constrain"
     if train < min_train:
         return f"too few calls to train on ({train} < {min_train})"
     if validation < min_validation:
         return f"too few validation calls to calibrate a threshold ({validation} < {min_validation})"
     return "suitable"
+
+
+def _shared_shape(schema: dict[str, Any] | None) -> bool:
+    """Whether a learned schema constrains anything: a type, and for objects a key every answer has."""
+    if not schema or "type" not in schema:
+        return False
+    if schema["type"] == "object":
+        return bool(schema.get("required"))
+    if schema["type"] == "array":
+        return _shared_shape(schema.get("items"))
+    return True
 
 
 @dataclass
