@@ -163,3 +163,19 @@ def test_what_tier_thresholds_serve_on_test_is_read_from_each_tiers_curve() -> N
     single = GateResult(True, "", {}, threshold=-0.6)
     assert served_on_test(report, single) == (15, 13, 40)
     assert served_on_test(report, GateResult(False, "", {})) is None
+
+
+def test_the_calibration_figures_at_the_promoted_thresholds_sit_beside_the_tests() -> None:
+    from downsize.artifacts import EvalReport
+    from downsize.evaluate.promotion import GateResult, served_at
+
+    curve = [{"threshold": -0.1, "served": 40, "agreed": 36}, {"threshold": -0.9, "served": 90, "agreed": 60}]
+    report = EvalReport.from_dict(
+        {
+            "validation": {"calls": 200, "at_threshold": {"tool_calls": 120}, "curve": curve},
+            "calibration": {"tiers": {"read_only": {"curve": curve}}},
+        }
+    )
+    gate = GateResult(True, "", {"tier_thresholds": {"read_only": -0.5, "strict": None}}, threshold=-0.5)
+    assert served_at(report, gate, "calibration") == (40, 36, 120)
+    assert served_at(report, GateResult(True, "", {}, threshold=-1.0), "calibration") == (90, 60, 120)

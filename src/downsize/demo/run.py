@@ -21,7 +21,7 @@ from downsize.config import EvalConfig, GatewayConfig, TrainConfig, home
 from downsize.demo.recorded_upstream import create_recorded_upstream, recordings
 from downsize.demo.servers import BackgroundServer
 from downsize.evaluate.metrics import exact_match, wilson_lower
-from downsize.evaluate.promotion import promotion_gate, record_promotion, served_on_test
+from downsize.evaluate.promotion import promotion_gate, record_promotion, served_at, served_on_test
 from downsize.importers.tau_airline import import_tau_airline
 from downsize.prompting import parse_target
 from downsize.route.loading import load_router
@@ -320,7 +320,13 @@ def _at_parity(
         "threshold": gate.threshold,
         "tier_thresholds": gate.evidence.get("tier_thresholds"),
     }
+    on_calibration = served_at(report, gate, "calibration")
+    if on_calibration and on_calibration[0]:  # what calibration promised at these thresholds
+        parity["calibration_served"], parity["calibration_agreed"] = on_calibration[:2]
+        parity["calibration_agreement"] = round(on_calibration[1] / on_calibration[0], 4)
     if rule == "parity":
+        if served and "calibration_agreement" in parity:  # how far calibration overstated the replay
+            parity["gap"] = round(parity["calibration_agreement"] - agreed / served, 4)
         return {
             "parity": parity,
             "served_share_parity": round(served / tool_calls, 4) if tool_calls else 0.0,

@@ -231,17 +231,20 @@ def record_promotion(store: Any, specialist: Specialist, to: str, result: GateRe
     store.set_status(specialist.id, to)
 
 
-def served_on_test(evaluation: EvalReport, gate: GateResult) -> tuple[int, int, int] | None:
-    """(served, agreed, teacher tool calls) on the test split at the thresholds an allowed gate chose, per risk
-    tier where it set them, offline from the report's test curves over every test call in scope (a call served
-    where the teacher replied in text counts against it); None when the gate refused."""
+def served_at(evaluation: EvalReport, gate: GateResult, split: str = "test") -> tuple[int, int, int] | None:
+    """(served, agreed, teacher tool calls) at the thresholds an allowed gate chose, per risk tier where it set
+    them, offline from the report's curves: on the test split (`test`: every test call in scope, a call served
+    where the teacher replied in text counting against it) or on the calibration calls (`calibration`); None
+    when the gate refused. The two side by side are the calibration-vs-test gap."""
     from downsize.evaluate.curves import point_at_threshold
 
     if not gate.allowed:
         return None
-    tool_calls = evaluation.test.at_threshold.tool_calls
+    calibration = evaluation.calibration or {}
+    on_test = split == "test"
+    tool_calls = (evaluation.test if on_test else evaluation.validation).at_threshold.tool_calls
     chosen = gate.evidence.get("tier_thresholds")
-    tiers = (evaluation.calibration or {}).get("test_tiers")
+    tiers = calibration.get("test_tiers" if on_test else "tiers")
     if chosen and tiers is not None:
         served = agreed = 0
         for tier, threshold in chosen.items():
@@ -250,6 +253,11 @@ def served_on_test(evaluation: EvalReport, gate: GateResult) -> tuple[int, int, 
             served += point["served"] if point else 0
             agreed += point["agreed"] if point else 0
         return served, agreed, tool_calls
-    curve = (evaluation.calibration or {}).get("test_curve") or []
+    curve = (calibration.get("test_curve") or []) if on_test else evaluation.validation.curve
     point = point_at_threshold(curve, gate.threshold)
     return (point["served"], point["agreed"], tool_calls) if point else (0, 0, tool_calls)
+
+
+def served_on_test(evaluation: EvalReport, gate: GateResult) -> tuple[int, int, int] | None:
+    """`served_at` on the test split."""
+    return served_at(evaluation, gate, "test")
