@@ -186,7 +186,7 @@ def main() -> int:
             row["graded_score"] = round(t.graded_score, 4) if t.graded_score is not None else None
             row["equivalent_agreement"] = t.equivalent_agreement  # beside the strict rule, never instead
             row["teacher_ceiling"] = result.teacher_ceiling  # gpt-4o against itself where a situation recurs
-            row["parity"] = parity_row(specialists[f.task_key], result)
+            row["parity"] = parity_row(store.specialist(specialists[f.task_key].id), result)
             row["exact_agreement_lower95"] = round(t.exact_agreement_lower95, 4)
             cal = result.calibration or {}
             row["calibration"] = {

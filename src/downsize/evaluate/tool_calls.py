@@ -38,6 +38,7 @@ from downsize.evaluate.metrics import (
     curve,
     wilson_lower,
 )
+from downsize.evaluate.probe import request_key
 from downsize.shapes import response_message, tool_calls
 from downsize.store import Store
 from downsize.store.store import now_iso
@@ -193,7 +194,26 @@ def evaluate_specialist(
             inside = [ex for ex in inside if ex.id in kept]
         return inside[: config.limit] if role not in ("test", "all") else inside, len(offered)
 
+    dropped: dict[str, int] = {}
+
+    def unseen(calls: list[Exchange], fold: int) -> list[Exchange]:
+        """The calls whose request the fold's model never trained on verbatim. An agent's logs can hold the
+        same request in several workflows (a test suite recorded twice, a retried job): calibrating on one the
+        model memorised would promise agreement that new requests do not get."""
+        from downsize.train.data import training_exchanges
+
+        try:
+            trained = {
+                request_key(ex.request) for ex in training_exchanges(store, replace(train_cfg, fold=fold))
+            }
+        except ConfigError:
+            return calls
+        kept = [ex for ex in calls if request_key(ex.request) not in trained]
+        dropped[str(fold)] = len(calls) - len(kept)
+        return kept
+
     validation, offered = held_out("validation")
+    validation = unseen(validation, 0)
     # the teacher only: every split, and the consistency probe's second answers to calls in this scope
     probes = [
         ex
@@ -233,7 +253,7 @@ def evaluate_specialist(
         more, more_decisions, fold_ids = fold_decisions(
             specialist,
             folds,
-            lambda fold: held_out("validation", fold)[0],
+            lambda fold: unseen(held_out("validation", fold)[0], fold),
             decide,
             lambda model: runtime_for(model, config.max_new_tokens, engine=engine),
             decider,
@@ -259,6 +279,7 @@ def evaluate_specialist(
         "folds": folds or None,
         "calls": len(calibration),
         "fold_calls": {str(k): groups.count(k) for k in sorted(set(groups))} if folds else None,
+        "seen_dropped": dropped,  # calls per fold left out: their request was in that model's training verbatim
         "rule": "learn-then-test",
         "delta": DELTA,
         "signal": signal.to_dict(),
