@@ -135,4 +135,7 @@ def test_cross_fitted_calibration_never_scores_a_call_with_a_model_trained_on_it
     assert cal["method"] == "cross_fit" and cal["folds"] == 3 and cal["rule"] == "learn-then-test"
     assert cal["calls"] == report.validation.calls == sum(cal["fold_calls"].values())
     assert set(cal["fold_calls"]) == {"0", "1", "2"}
+    # calls whose request a fold's model trained on verbatim are left out (none here: each task's trials are
+    # one workflow, so no request recurs across folds)
+    assert cal["seen_dropped"] == {"0": 0, "1": 0, "2": 0}
     assert set(cal["signal"]["auroc"]) == {"min", "token_min", "token_mean", "gate", "learned"}

@@ -197,7 +197,10 @@ def eval_cmd(
         )
     chosen = (report.calibration or {}).get("signal") or {}
     if chosen.get("auroc"):
-        listed = ", ".join(f"{k} {v:.3f}" for k, v in chosen["auroc"].items() if v is not None)
+        listed = (
+            ", ".join(f"{k} {v:.3f}" for k, v in chosen["auroc"].items() if v is not None)
+            or "none (no right and wrong answers to rank)"
+        )
         click.echo(
             f"  confidence signals   AUROC on {chosen.get('calls', 0)} valid calibration answers: {listed}; "
             f"serving on {chosen.get('name')}"
