@@ -179,3 +179,22 @@ def test_the_calibration_figures_at_the_promoted_thresholds_sit_beside_the_tests
     gate = GateResult(True, "", {"tier_thresholds": {"read_only": -0.5, "strict": None}}, threshold=-0.5)
     assert served_at(report, gate, "calibration") == (40, 36, 120)
     assert served_at(report, GateResult(True, "", {}, threshold=-1.0), "calibration") == (90, 60, 120)
+
+
+def test_parity_on_tools_nobody_declared_read_only_says_how_to_declare_them() -> None:
+    from downsize.evaluate.promotion import promotion_gate
+    from downsize.types import Specialist
+
+    curve = [{"threshold": -0.1, "served": 60, "agreed": 59}]
+    metrics = {
+        "eval": {
+            "target_agreement": 0.95,
+            "validation": {"curve": curve, "at_threshold": {}},
+            "teacher_ceiling": {"agreement": 0.80, "pairs": 400, "situations": 80},
+            "calibration": {"tiers": {"strict": {"calls": 60, "curve": curve}}},
+        }
+    }
+    sp = Specialist("t", "t", "smollm2-135m", "/a", {}, "h", id=2, threshold=None, metrics=metrics)
+    result = promotion_gate(sp, "live", rule="parity")
+    # 60 calls cannot show 0.95 (the sequence starts at 118), and nothing is declared read-only
+    assert not result.allowed and "--read-only" in result.reason and "readOnlyHint" in result.reason

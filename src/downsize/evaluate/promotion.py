@@ -132,8 +132,14 @@ def parity_gate(
         served = {t: v for t, v in chosen.items() if v is not None}
         listed = "; ".join(_tier_line(t, v, bar, evaluation.target_agreement) for t, v in chosen.items())
         if not served:
+            hint = (
+                ""
+                if "read_only" in chosen
+                else "; parity serves read-only tools only: declare them with `downsize eval ID --read-only "
+                "PATTERNS` (or send MCP readOnlyHint annotations), or"
+            )
             return GateResult(
-                False, f"no risk tier of its tools can be served ({listed}): keep training", evidence
+                False, f"no risk tier of its tools can be served ({listed}){hint}: keep training", evidence
             )
         return GateResult(
             True,
