@@ -212,14 +212,19 @@ def eval_cmd(
             f"  risk tiers           valid calibration answers by the called tool's tier: {listed} "
             "(`promote --rule parity` serves only read-only tools at parity; others need the strict target)"
         )
+    cal = report.calibration or {}
     if thr is None:
         click.echo(
-            f"  no threshold reaches {config.target_agreement:.0%} agreement on validation: "
-            "the specialist would serve nothing"
+            f"  no threshold shows {config.target_agreement:.0%} agreement on the {report.validation.calls} "
+            "calibration calls (Learn-then-Test, 95% confidence): the specialist would serve nothing"
+            + (
+                ""
+                if cal.get("method") == "cross_fit"
+                else "; `train --cross-fit 2` calibrates on every dev call"
+            )
         )
     else:
         v = report.validation.at_threshold
-        cal = report.calibration or {}
         signal = (cal.get("signal") or {}).get("name", "min")
         where = (
             f"{report.validation.calls} dev calls cross-fitted over {cal.get('folds')} folds"
@@ -231,7 +236,7 @@ def eval_cmd(
             f"on {where})"
         )
         click.echo(
-            f"  validation at thr    served {v.served} ({v.served_share:.1%} of {noun}), "
+            f"  calibration at thr   served {v.served} ({v.served_share:.1%} of {noun}), "
             f"agreement {v.agreement:.3f}"
         )
         a = report.test.at_threshold
@@ -240,7 +245,7 @@ def eval_cmd(
             f"agreement {a.agreement:.3f} (lower95 {a.agreement_lower95:.3f})"
         )
     click.echo(
-        f"  by target agreement (threshold from validation; test over all {report.test.calls} calls, "
+        f"  by target agreement (threshold from the calibration calls; test over all {report.test.calls} calls, "
         "text replies included):"
     )
     for row in report.by_target:
