@@ -74,23 +74,23 @@ def choose_signal(
     decisions: Sequence[Decision], agrees: Sequence[bool], groups: Sequence[int]
 ) -> SignalChoice:
     """The signal that ranks right answers above wrong ones best on these calibration decisions."""
-    rows, labels, row_groups = [], [], []
+    rows, labels, row_groups, valid = [], [], [], []
     for decision, right, group in zip(decisions, agrees, groups, strict=True):
         features = _features(decision)
         if features is not None:
             rows.append(features)
             labels.append(bool(right))
             row_groups.append(group)
+            valid.append(decision)
     scores: dict[str, float | None] = {}
     for name in SIGNALS:
         if name == "learned":
             continue
         values = [
             decision.confidence if name == "min" else confidence_of(name, row)
-            for decision, row in zip([d for d in decisions if _features(d) is not None], rows, strict=True)
+            for decision, row in zip(valid, rows, strict=True)
         ]
-        finite = [(-1e9 if math.isinf(v) else v) for v in values]
-        scores[name] = auroc(finite, labels)
+        scores[name] = auroc([(-1e9 if math.isinf(v) else v) for v in values], labels)
     # the learned combination, judged out of fold: each group's calls scored by weights fitted on the others
     out_of_fold: list[float] = [0.0] * len(rows)
     usable = len(set(row_groups)) >= 2

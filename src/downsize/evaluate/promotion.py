@@ -72,29 +72,31 @@ def parity_point(curve: list[dict[str, Any]], bar: float, min_served: int) -> di
     return next((p for p in curve if float(p["threshold"]) == point.threshold), None) if point else None
 
 
+def _tier_bar(tier: str, target: float, parity_bar: float | None) -> float:
+    """The agreement a tier's served calls must show: read-only tools (and answers that are not tool calls) at
+    parity when the rule is parity, destructive ones at `DESTRUCTIVE_TARGET`, others at `target`."""
+    if tier in ("read_only", ANSWER) and parity_bar is not None:
+        return parity_bar
+    return max(target, DESTRUCTIVE_TARGET) if tier == "destructive" else target
+
+
 def tier_thresholds(
     tiers: dict[str, Any], target: float, min_served: int, parity_bar: float | None = None
 ) -> dict[str, float | None]:
-    """A threshold per risk tier (`decide/risk.py`) on that tier's calibration curve: read-only tools at parity
-    with the teacher (`parity_bar`; at `target` without one), other tools at `target`, destructive ones at
-    `DESTRUCTIVE_TARGET`; each by Learn-then-Test. None: the tier is never served."""
+    """A threshold per risk tier (`decide/risk.py`) on that tier's calibration curve, at `_tier_bar`, by
+    Learn-then-Test. None: the tier is never served."""
     out: dict[str, float | None] = {}
     for tier, figures in sorted(tiers.items()):
         curve = list((figures or {}).get("curve") or [])
-        if tier in ("read_only", ANSWER) and parity_bar is not None:
-            point = parity_point(curve, parity_bar, min_served)
-        else:
-            bar = max(target, DESTRUCTIVE_TARGET) if tier == "destructive" else target
-            point = parity_point(curve, bar, min_served)
+        point = parity_point(curve, _tier_bar(tier, target, parity_bar), min_served)
         out[tier] = float(point["threshold"]) if point else None
     return out
 
 
 def _tier_line(tier: str, threshold: float | None, bar: float, target: float) -> str:
+    needed = _tier_bar(tier, target, bar)
     rule = (
-        f"at parity {bar:.3f}"
-        if tier in ("read_only", ANSWER)
-        else f"at {max(target, DESTRUCTIVE_TARGET) if tier == 'destructive' else target:.2f}"
+        f"at parity {needed:.3f}" if needed == bar and tier in ("read_only", ANSWER) else f"at {needed:.2f}"
     )
     return f"{tier} {rule}: " + (f"threshold {threshold:.4g}" if threshold is not None else "not served")
 
