@@ -2,8 +2,8 @@
 
 The agreement test trains a LoRA briefly on SmolLM2-135M (a few real tau-airline calls, overfitted in a
 few steps so the model is confident), then asks both runtimes for the same calls: the same generated
-text, and confidences within a small margin (llama.cpp runs the Q4_1 weights with quantised activations,
-transformers the same weights dequantised to fp32).
+text, and confidences within a small margin (llama.cpp runs the shipped Q4_1 values converted to bf16 or
+q8_0, transformers the same values dequantised to fp32).
 """
 
 from __future__ import annotations
@@ -165,6 +165,32 @@ def test_auto_engine_is_the_calibrated_one_else_llama_cpp_where_it_can_serve(
         importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a)
     )
     assert resolve_engine("auto", specialist("smollm2-135m", adapter)) == "transformers"
+
+
+@pytest.mark.slow
+def test_the_student_is_served_from_faster_weights_converted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("llama_cpp")
+    from downsize.backends.llamacpp_runtime import GGUF_WEIGHTS, base_gguf, serving_gguf, weights_choice
+    from downsize.errors import ConfigError
+
+    monkeypatch.setenv("DOWNSIZE_MODELS", str(tmp_path))
+    shipped = base_gguf("smollm2-135m")
+    assert weights_choice() in GGUF_WEIGHTS[1:3]  # auto resolves to what this CPU computes fastest
+    monkeypatch.setenv("DOWNSIZE_GGUF_WEIGHTS", "q8_0")
+    converted = serving_gguf("smollm2-135m")
+    assert converted == tmp_path / "gguf" / "SmolLM2-135M-Instruct.Q4_1.Q8_0.gguf"
+    assert converted.stat().st_size > shipped.stat().st_size  # 8 bits a weight where 4 were shipped
+    stamp = converted.stat().st_mtime_ns
+    assert serving_gguf("smollm2-135m").stat().st_mtime_ns == stamp  # written once
+    assert not list((tmp_path / "gguf").glob("*.tmp"))
+    monkeypatch.setenv("DOWNSIZE_GGUF_WEIGHTS", "shipped")
+    assert serving_gguf("smollm2-135m") == shipped
+    assert serving_gguf(str(converted)) == converted  # a user's own GGUF is served as it is
+    monkeypatch.setenv("DOWNSIZE_GGUF_WEIGHTS", "fp8")
+    with pytest.raises(ConfigError, match="DOWNSIZE_GGUF_WEIGHTS='fp8' is not one of auto, bf16, q8_0"):
+        serving_gguf("smollm2-135m")
 
 
 # -- the real model on both engines --------------------------------------------------------------------

@@ -229,6 +229,7 @@ class EvalReport:
     # rule (learn-then-test) and delta, the confidence signal chosen and every signal's AUROC, the fold-0 figures
     # and the gap between the calibration calls' agreement at the threshold and the test calls'
     calibration: dict[str, Any] | None = None
+    weights: str | None = None  # the student weights the engine computed with (e.g. a bf16 GGUF's file name)
     schema_version: int = EVAL_SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -267,6 +268,7 @@ class EvalReport:
             kind=str(data.get("kind") or "tool_call"),
             teacher_ceiling=data.get("teacher_ceiling"),
             calibration=data.get("calibration"),
+            weights=data.get("weights"),
             path=data.get("path"),
             curve_path=data.get("curve_path"),
         )

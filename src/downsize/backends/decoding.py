@@ -162,6 +162,7 @@ class ToolCallRuntime:
     """
 
     engine: str = ""  # the engine's name, as `runtime_for` takes it
+    weights: str = ""  # the student weights it computes with (a GGUF file's name; fp32 for transformers)
     max_new_tokens: int = 64
     max_string: int = 160
     copied: Copied = {}  # noqa: RUF012 - replaced per instance (`runtime_for`), never mutated

@@ -100,6 +100,7 @@ class TransformersRuntime(ToolCallRuntime):
         if model is None:
             model, tokenizer = load_specialist_model(student, adapter_path)
         self.model = model.eval()
+        self.weights = str(next(model.parameters()).dtype).removeprefix("torch.")
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.budget = budget or PromptBudget()

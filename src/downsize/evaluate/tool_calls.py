@@ -313,6 +313,7 @@ def evaluate_specialist(
         config=asdict(config),
         evaluated_at=now_iso(),
         engine=engine,
+        weights=getattr(runtime, "weights", None) or None,
         target_agreement=config.target_agreement,
         threshold=threshold,
         validation=SplitFigures(  # the calibration calls: every dev fold's when cross-fitted
