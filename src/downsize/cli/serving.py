@@ -174,6 +174,18 @@ def serve(
                 f"`downsize eval {sp.id} --engine {used}` to calibrate it for this engine",
                 err=True,
             )
+        elif calibrated == used == "llamacpp":
+            from downsize.backends.llamacpp_runtime import base_gguf, serving_gguf
+
+            # evaluations before the weights were recorded ran on the shipped GGUF
+            was = (evaluated.weights if evaluated else None) or base_gguf(sp.base_model).name
+            now = serving_gguf(sp.base_model).name
+            if was != now:
+                click.echo(
+                    f"warning: {sp.name}'s threshold was calibrated on the weights {was}, serving on {now}: run "
+                    f"`downsize eval {sp.id}` to calibrate it for these (or set DOWNSIZE_GGUF_WEIGHTS)",
+                    err=True,
+                )
         with lock:
             if worker is None:
                 worker_port = free_port()
