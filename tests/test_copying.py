@@ -7,9 +7,14 @@ from pathlib import Path
 
 from downsize.backends.grammar import ToolCallGrammar, tool_schemas
 from downsize.copying import (
+    _string_leaves,
+    conversation_text,
     conversation_tokens,
+    is_span,
     learn_copied,
+    learn_spans,
     load_copied,
+    load_spans,
     options_line,
     restrict_schemas,
     save_copied,
@@ -131,3 +136,74 @@ def test_options_line_lists_candidates_in_order_and_marks_the_ones_already_used(
     assert (
         options_line(messages, {}) == "" and options_line([{"role": "user", "content": "hi"}], copied) == ""
     )
+
+
+def test_spans_gpt4o_writes_as_the_conversation_does_are_learned_at_any_depth(tau_path: Path) -> None:
+    dev = _teacher_calls(tau_path, "dev")
+    copied = learn_copied(dev)
+    spans = learn_spans(dev, copied)
+    # names, flight numbers and dates as written, inside arrays of objects too
+    assert {"flights[].flight_number", "flights[].date"} <= set(spans["update_reservation_flights"])
+    assert {"passengers[].first_name", "passengers[].last_name"} <= set(spans["book_reservation"])
+    assert "origin" in spans["search_direct_flight"] and "origin" not in spans["book_reservation"]  # copied id
+    # what gpt-4o composes or computes is not a span; ids stay with their stricter rule
+    assert "think" not in spans and "transfer_to_human_agents" not in spans and "calculate" not in spans
+    assert "reservation_id" not in spans.get("get_reservation_details", [])
+    # search dates are spans 76% of the time ("next Friday" becomes 2024-05-24): below the 95% rule
+    assert "date" not in spans.get("search_direct_flight", [])
+    # on the unseen test split, most learned span values are spans there too (it is a rate, not a law)
+    test = _teacher_calls(tau_path, "test")
+    hits = [
+        is_span(value, conversation_text(messages))
+        for messages, call in test
+        for path, value in _string_leaves(call.arguments)
+        if path in spans.get(call.name, [])
+    ]
+    assert len(hits) >= 40 and sum(hits) / len(hits) > 0.9
+
+
+def test_the_span_grammar_takes_only_word_aligned_spans_of_the_conversation(tmp_path: Path) -> None:
+    messages = [
+        {"role": "user", "content": 'I fly from Tel Aviv, Israel on "2024-05-20", seat 12A'},
+        {"role": "system", "content": "Secret City"},
+    ]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "book",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "origin": {"type": "string"},
+                        "cabin": {"type": "string", "enum": ["economy", "business"]},
+                        "legs": {
+                            "type": "array",
+                            "items": {"type": "object", "properties": {"date": {"type": "string"}}},
+                        },
+                    },
+                },
+            },
+        }
+    ]
+    spans = {"book": ["cabin", "legs[].date", "origin"]}
+    schemas = restrict_schemas(tool_schemas(tools), {}, messages, spans)
+    grammar = ToolCallGrammar(["book"], 160, schemas)
+
+    def fits(arguments: str) -> bool:
+        trial = grammar.copy()
+        return trial.feed("book " + arguments) and trial.done
+
+    assert fits('{"origin":"Tel Aviv"}') and fits('{"origin":"Tel Aviv, Israel"}') and fits('{"origin":"12A"}')
+    assert not fits('{"origin":"Tel Aviv, CA"}')  # rewritten, not copied
+    assert not fits('{"origin":"el Aviv"}') and not fits('{"origin":"Tel Av"}')  # not word-aligned
+    assert not fits('{"origin":"Secret City"}')  # the system prompt is not the conversation
+    assert not fits('{"origin":"2024-05-20\\", seat"}')  # a span never crosses a quote
+    assert fits('{"legs":[{"date":"2024-05-20"}]}') and not fits('{"legs":[{"date":"2024-05-21"}]}')
+    assert fits('{"cabin":"business"}')  # an enum keeps its own rule
+    # every prefix the grammar takes can still be completed: a half-written word ends where the word does
+    trial = grammar.copy()
+    assert trial.feed('book {"origin":"Isr') and not trial.copy().feed('"') and trial.feed('ael"}')
+    # saved beside the adapter and read back; older folders have none
+    save_copied(tmp_path, {}, spans=spans)
+    assert load_spans(tmp_path) == spans and load_spans(tmp_path / "missing") == {}

@@ -80,6 +80,10 @@ class TrainConfig:
     # learn the parameters the teacher copies from the conversation (ids): the grammar then allows only the
     # conversation's tokens for them, and the prompt lists those options (`copying.py`)
     copy_arguments: bool = True
+    # with copy_arguments: also learn the string parameters (at any depth) whose value the teacher takes as a
+    # word-aligned span of the conversation (names, places, dates as written); the grammar then allows only
+    # such spans for them (`copying.learn_spans`)
+    copy_spans: bool = True
     # discovered tasks (keys from `downsize tasks`) to train on; empty: every tool call of the source.
     # The router then serves only requests its task assigner maps to one of them.
     tasks: list[str] = field(default_factory=list)

@@ -10,6 +10,12 @@ so the student chooses among real ids instead of spelling one, and its confidenc
 The prompt also lists those candidates, marking the ones already used (`options_line`): the pruned prompt
 has lost the lookup result that listed them.
 
+Spans go further (`learn_spans`): a string parameter, at any depth (`flights[].date`), whose value is a
+word-aligned span of the conversation in at least `min_rate` of the training calls (names, places, flight
+numbers and dates as written) may only take such a span at generation (`restrict_schemas` marks its schema
+with `SPAN_KEY` and the conversation's text; `backends/grammar.py` enforces it). A small student otherwise
+rewrites what it should copy ("Tel Aviv, CA" for the user's "Tel Aviv, Israel").
+
 Standard library only; the result is saved beside the adapter as `copied.json`.
 """
 
@@ -30,6 +36,12 @@ _WORD = re.compile(r"[A-Za-z0-9_]+")
 
 # {tool: {parameter: sorted shapes of the values the teacher copied}}
 Copied = dict[str, dict[str, list[str]]]
+# {tool: sorted parameter paths whose value the teacher takes as a span of the conversation}; a path names
+# nested values with `.` and array items with `[]`: `flights[].flight_number`
+Spans = dict[str, list[str]]
+# a string schema carrying this key may only take a word-aligned span of its text (the grammar's `span` node)
+SPAN_KEY = "x-downsize-span-of"
+_UNSPANNABLE = re.compile(r'["\\\x00-\x1f]+')  # a span never needs a JSON escape: cut the text there
 
 
 def conversation_tokens(messages: Iterable[dict[str, Any]]) -> list[str]:
@@ -48,6 +60,102 @@ def conversation_tokens(messages: Iterable[dict[str, Any]]) -> list[str]:
             if isinstance(arguments, str):
                 tokens += _WORD.findall(arguments)
     return tokens
+
+
+def conversation_text(messages: Iterable[dict[str, Any]]) -> str:
+    """The non-system messages' text and earlier tool-call arguments, cut into escape-free pieces joined by a
+    newline (which no span may cross): the text a span parameter's value must come from."""
+    parts: list[str] = []
+    for message in messages:
+        if message.get("role") in ("system", "developer"):
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        if isinstance(content, str):
+            parts.append(content)
+        for call in message.get("tool_calls") or []:
+            arguments = (call.get("function") or {}).get("arguments")
+            if isinstance(arguments, str):
+                parts.append(arguments)
+    pieces = (piece for part in parts for piece in _UNSPANNABLE.split(part))
+    return "\n".join(piece for piece in pieces if piece.strip())
+
+
+def _string_leaves(value: Any, path: str = "") -> Iterable[tuple[str, str]]:
+    """(path, string) of every string inside a JSON value: `a.b`, `a[].b`."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _string_leaves(inner, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _string_leaves(inner, f"{path}[]")
+
+
+def is_span(text: str, corpus: str) -> bool:
+    """`text` occurs in `corpus` word-aligned at both ends (the grammar's own rule, `grammar.span_ends`)."""
+    if not text or _UNSPANNABLE.search(text):
+        return False
+    word = re.compile(r"\w")
+    pattern = (
+        (r"(?<!\w)" if word.match(text[0]) else "")
+        + re.escape(text)
+        + (r"(?!\w)" if word.match(text[-1]) else "")
+    )
+    return re.search(pattern, corpus) is not None
+
+
+def learn_spans(
+    calls: Iterable[tuple[list[dict[str, Any]], ToolCall]],
+    copied: Copied | None = None,
+    min_calls: int = 8,
+    min_rate: float = 0.95,
+) -> Spans:
+    """The string parameters whose value the teacher takes as a span of the conversation (identifiers already
+    in `copied` are left to their stricter rule)."""
+    seen: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    for messages, call in calls:
+        corpus: str | None = None
+        for path, value in _string_leaves(call.arguments):
+            if path in (copied or {}).get(call.name, {}):
+                continue
+            if corpus is None:
+                corpus = conversation_text(messages)
+            seen[(call.name, path)].append(is_span(value, corpus))
+    spans: Spans = {}
+    for (tool, path), hits in sorted(seen.items()):
+        if len(hits) >= min_calls and sum(hits) / len(hits) >= min_rate:
+            spans.setdefault(tool, []).append(path)
+    return spans
+
+
+def _mark_span(schema: Any, path: list[str], corpus: str) -> Any:
+    """The schema with the string at `path` (keys, `[]` for array items) marked as a span of `corpus`."""
+    if not isinstance(schema, dict):
+        return schema
+    if not path:
+        plain = schema.get("type") == "string" and "enum" not in schema and "const" not in schema
+        return {**schema, SPAN_KEY: corpus} if plain else schema
+    head, rest = path[0], path[1:]
+    if head == "[]":
+        items = schema.get("items")
+        return {**schema, "items": _mark_span(items, rest, corpus)} if isinstance(items, dict) else schema
+    props = schema.get("properties")
+    if not isinstance(props, dict) or head not in props:
+        return schema
+    return {**schema, "properties": {**props, head: _mark_span(props[head], rest, corpus)}}
+
+
+def _path_parts(path: str) -> list[str]:
+    """`flights[].date` -> ["flights", "[]", "date"]."""
+    parts: list[str] = []
+    for key in path.split("."):
+        name, _, arrays = key.partition("[]")
+        parts.append(name)
+        parts += ["[]"] * (1 + arrays.count("[]")) if key.endswith("[]") else []
+    return parts
 
 
 def learn_copied(
@@ -77,13 +185,26 @@ def learn_copied(
 
 
 def restrict_schemas(
-    schemas: Mapping[str, dict[str, Any]], copied: Copied, messages: list[dict[str, Any]]
+    schemas: Mapping[str, dict[str, Any]],
+    copied: Copied,
+    messages: list[dict[str, Any]],
+    spans: Spans | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The tools' schemas with each copied parameter narrowed to the matching tokens of this conversation.
+    """The tools' schemas with each copied parameter narrowed to the matching tokens of this conversation,
+    and each span parameter marked with the conversation's text.
 
     A parameter keeps its schema when the conversation holds no token of its shapes (nothing to copy), or
     when the schema is not a plain string property.
     """
+    if spans:
+        corpus = conversation_text(messages)
+        if corpus:
+            marked = dict(schemas)
+            for tool, paths in spans.items():
+                if tool in marked:
+                    for path in paths:
+                        marked[tool] = _mark_span(marked[tool], _path_parts(path), corpus)
+            schemas = marked
     if not copied:
         return dict(schemas)
     tokens: list[str] | None = None
@@ -138,11 +259,23 @@ def options_line(messages: list[dict[str, Any]], copied: Copied, max_options: in
     return "; ".join(parts)
 
 
-def save_copied(folder: str | Path, copied: Copied, in_prompt: bool = True) -> Path:
+def save_copied(
+    folder: str | Path, copied: Copied, in_prompt: bool = True, spans: Spans | None = None
+) -> Path:
     """`in_prompt`: the student was trained with `options_line` in its prompt (so it must be served with it)."""
     path = Path(folder) / COPIED_FILE
-    path.write_text(json.dumps({"parameters": copied, "in_prompt": in_prompt}, indent=2, sort_keys=True))
+    data = {"parameters": copied, "in_prompt": in_prompt, "spans": spans or {}}
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
     return path
+
+
+def load_spans(folder: str | Path | None) -> Spans:
+    """The span parameters saved beside an adapter ({} for specialists trained before spans were learned)."""
+    path = Path(folder) / COPIED_FILE if folder else None
+    if path is None or not path.is_file():
+        return {}
+    spans = json.loads(path.read_text()).get("spans") or {}
+    return {str(tool): sorted(str(p) for p in paths) for tool, paths in spans.items()}
 
 
 def load_copied(folder: str | Path | None) -> tuple[Copied, bool]:

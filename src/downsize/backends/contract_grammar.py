@@ -13,7 +13,7 @@ from typing import Any
 
 from downsize.backends.grammar import JsonSchemaState, ToolCallGrammar, compile_schema, tool_schemas
 from downsize.contracts import OutputContract
-from downsize.copying import Copied, restrict_schemas
+from downsize.copying import Copied, Spans, restrict_schemas
 from downsize.shapes import tool_names
 
 
@@ -139,11 +139,12 @@ def grammar_for(
     max_string: int = 160,
     copied: Copied | None = None,
     tool: str | None = None,
+    spans: Spans | None = None,
 ) -> Any:
     """A fresh grammar for one request's answer under the contract (`end`: the student's end-of-turn text)."""
     messages = request.get("messages") or []
     if contract.kind == "tool_call":
-        schemas = restrict_schemas(tool_schemas(request.get("tools") or []), copied or {}, messages)
+        schemas = restrict_schemas(tool_schemas(request.get("tools") or []), copied or {}, messages, spans)
         return ToolCallGrammar([tool] if tool else tool_names(request), max_string, schemas)
     if contract.kind == "json":
         schema = contract.schema_for(request)

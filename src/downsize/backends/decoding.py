@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from downsize.backends.contract_grammar import grammar_for
 from downsize.backends.student_prompt import build_prompt, end_of_turn
 from downsize.contracts import OutputContract
-from downsize.copying import Copied
+from downsize.copying import Copied, Spans
 from downsize.prompting import PromptBudget
 from downsize.shapes import tool_names
 from downsize.types import Generation, ToolCall
@@ -167,6 +167,7 @@ class ToolCallRuntime:
     max_string: int = 160
     copied: Copied = {}  # noqa: RUF012 - replaced per instance (`runtime_for`), never mutated
     copied_in_prompt: bool = False  # the prompt lists the copied parameters' options (trained so)
+    spans: Spans = {}  # noqa: RUF012 - parameters taken as spans of the conversation (`runtime_for`)
     contract: OutputContract = OutputContract("tool_call")  # replaced per instance (`runtime_for`)
     tokenizer: Any = None
     budget: PromptBudget = PromptBudget()
@@ -223,7 +224,7 @@ class ToolCallRuntime:
         prompts, grammars, prefixes = [], [], []
         for request, tool in zip(requests, chosen_tools, strict=True):
             messages = request.get("messages") or []
-            grammar = grammar_for(contract, request, end, self.max_string, self.copied, tool)
+            grammar = grammar_for(contract, request, end, self.max_string, self.copied, tool, self.spans)
             prefix = ""
             if tool and contract.kind == "tool_call":
                 prefix = tool  # no trailing space: the model writes " {" as it learned to

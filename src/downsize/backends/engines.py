@@ -8,7 +8,7 @@ from downsize.artifacts import EvalReport
 from downsize.backends.decoding import ToolCallRuntime
 from downsize.config import train_config_of
 from downsize.contracts import OutputContract
-from downsize.copying import load_copied
+from downsize.copying import load_copied, load_spans
 from downsize.errors import ConfigError
 from downsize.prompting import PromptBudget
 from downsize.types import Specialist
@@ -81,5 +81,6 @@ def runtime_for(
             specialist.base_model, specialist.adapter_path, budget, max_new_tokens=max_new_tokens
         )
     runtime.copied, runtime.copied_in_prompt = load_copied(specialist.adapter_path)
+    runtime.spans = load_spans(specialist.adapter_path)
     runtime.contract = contract
     return runtime

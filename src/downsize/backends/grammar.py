@@ -19,12 +19,15 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
+from downsize.copying import SPAN_KEY
+
 _WS = " \t\n\r"
 _DIGITS = "0123456789"
 _HEX = set("0123456789abcdefABCDEF")
 _ANY_LITERALS = ("true", "false", "null")
 _UNSUPPORTED = ("anyOf", "oneOf", "allOf", "not", "$ref", "if", "patternProperties", "dependentSchemas")
 _MAX_NUMBER_CHARS = 32
+
 # number automaton: state -> (char class -> next state); accepting states end a number
 _NUMBER_STEPS: dict[str, dict[str, str]] = {
     "": {"-": "sign", "0": "zero", "1": "int"},
@@ -54,6 +57,34 @@ class SchemaNode(NamedTuple):
     min_len: int = 0  # string
     max_len: int = 160
     choices: tuple[str, ...] = ()  # enum: the compact JSON texts allowed
+    corpus: str = ""  # span: the text whose word-aligned spans the string may take
+
+
+def _word_char(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"  # regex's \w, as `copying.is_span` reads a word
+
+
+def span_starts(corpus: str, text: str) -> bool:
+    """`text` occurs in `corpus` where a word starts (or `text` starts with a non-word character)."""
+    at = corpus.find(text)
+    while at >= 0:
+        if at == 0 or not (_word_char(corpus[at - 1]) and _word_char(text[0])):
+            return True
+        at = corpus.find(text, at + 1)
+    return False
+
+
+def span_ends(corpus: str, text: str) -> bool:
+    """`text` occurs in `corpus` as a whole span: word-aligned at both ends."""
+    at = corpus.find(text)
+    while at >= 0:
+        end = at + len(text)
+        starts = at == 0 or not (_word_char(corpus[at - 1]) and _word_char(text[0]))
+        ends = end == len(corpus) or not (_word_char(corpus[end]) and _word_char(text[-1]))
+        if starts and ends:
+            return True
+        at = corpus.find(text, at + 1)
+    return False
 
 
 ANY = SchemaNode("any")
@@ -112,6 +143,9 @@ def compile_schema(schema: Any, max_string: int = 160) -> SchemaNode:
         min_len = _int(schema.get("minLength"), 0) or 0
         if min_len > max_len:
             return SchemaNode("any", max_len=max_string)
+        corpus = schema.get(SPAN_KEY)
+        if isinstance(corpus, str) and corpus.strip() and min_len <= 1:
+            return SchemaNode("span", max_len=max_len, corpus=corpus)
         return SchemaNode("string", min_len=min_len, max_len=max_len)
     if kind in ("integer", "number", "boolean", "null"):
         return SchemaNode(kind)
@@ -196,6 +230,9 @@ class JsonSchemaState:
         if ch == '"' and kind in ("string", "any"):
             self.mode, self.str_len = "string", 0
             return True
+        if ch == '"' and kind == "span":
+            self.mode, self.buf = "span", ""
+            return True
         if ch in "-0123456789" and kind in ("integer", "number", "any"):
             self.mode, self.buf = "number", ""
             return self._feed_number(ch)
@@ -260,6 +297,23 @@ class JsonSchemaState:
                 return False
             self.str_len += 1
             return self.str_len <= self._max_len(self.node)
+        if mode == "span":  # buf: the span so far, always word-aligned at its start in the corpus
+            corpus = self.node.corpus
+            if ch == '"':
+                if not self.buf or not (span_ends(corpus, self.buf) or len(self.buf) >= self.node.max_len):
+                    return False
+                self._close_value()
+                return True
+            candidate = self.buf + ch
+            if (
+                ch < " "
+                or ch == "\\"
+                or len(candidate) > self.node.max_len
+                or not span_starts(corpus, candidate)
+            ):
+                return False
+            self.buf = candidate
+            return True
         if mode == "escape":
             if ch not in '"\\/bfnrtu':
                 return False

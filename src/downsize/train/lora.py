@@ -13,7 +13,7 @@ from typing import Any
 
 from downsize.artifacts import SpecialistScope, fold_dir
 from downsize.config import TrainConfig, home
-from downsize.copying import learn_copied, save_copied
+from downsize.copying import learn_copied, learn_spans, save_copied
 from downsize.errors import TrainingError
 from downsize.shapes import response_message, tool_calls
 from downsize.sites import site_key
@@ -95,15 +95,14 @@ def _fit(
 ) -> tuple[TrainResult, dict[str, Any], list[str], list[str]]:
     """Fit one model on these training calls and save it with its gate, copied-argument rules and manifest:
     the specialist, or one of its cross-fitting fold models."""
-    copied = (
-        learn_copied(
-            (ex.request.get("messages") or [], call)
-            for ex in exchanges
-            for call in tool_calls(response_message(ex.response))
-        )
-        if config.copy_arguments and contract.kind == "tool_call"
-        else {}
-    )
+    teacher_calls = [
+        (ex.request.get("messages") or [], call)
+        for ex in exchanges
+        for call in tool_calls(response_message(ex.response))
+    ]
+    copying = config.copy_arguments and contract.kind == "tool_call"
+    copied = learn_copied(teacher_calls) if copying else {}
+    spans = learn_spans(teacher_calls, copied) if copying and config.copy_spans else {}
     model, tokenizer = load_training_student(config)
     examples, skipped = build_examples(exchanges, tokenizer, config, copied, contract)
     if not examples:
@@ -146,8 +145,9 @@ def _fit(
         else None
     )
     train_stats["contract"] = contract.to_dict()
-    save_copied(out_dir, copied)
+    save_copied(out_dir, copied, spans=spans)
     train_stats["copied_arguments"] = copied
+    train_stats["span_arguments"] = spans
     scope = SpecialistScope(
         task_tools=tuple(tools),
         tasks=tuple(config.tasks),
