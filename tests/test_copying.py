@@ -145,7 +145,8 @@ def test_spans_gpt4o_writes_as_the_conversation_does_are_learned_at_any_depth(ta
     # names, flight numbers and dates as written, inside arrays of objects too
     assert {"flights[].flight_number", "flights[].date"} <= set(spans["update_reservation_flights"])
     assert {"passengers[].first_name", "passengers[].last_name"} <= set(spans["book_reservation"])
-    assert "origin" in spans["search_direct_flight"] and "origin" not in spans["book_reservation"]  # copied id
+    assert "origin" in spans["search_direct_flight"]
+    assert "origin" not in spans["book_reservation"]  # an airport code there: a copied id
     # what gpt-4o composes or computes is not a span; ids stay with their stricter rule
     assert "think" not in spans and "transfer_to_human_agents" not in spans and "calculate" not in spans
     assert "reservation_id" not in spans.get("get_reservation_details", [])
@@ -194,7 +195,8 @@ def test_the_span_grammar_takes_only_word_aligned_spans_of_the_conversation(tmp_
         trial = grammar.copy()
         return trial.feed("book " + arguments) and trial.done
 
-    assert fits('{"origin":"Tel Aviv"}') and fits('{"origin":"Tel Aviv, Israel"}') and fits('{"origin":"12A"}')
+    assert fits('{"origin":"Tel Aviv"}') and fits('{"origin":"Tel Aviv, Israel"}')
+    assert fits('{"origin":"12A"}')
     assert not fits('{"origin":"Tel Aviv, CA"}')  # rewritten, not copied
     assert not fits('{"origin":"el Aviv"}') and not fits('{"origin":"Tel Av"}')  # not word-aligned
     assert not fits('{"origin":"Secret City"}')  # the system prompt is not the conversation
