@@ -416,8 +416,10 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(q).mappings().first()
         if row is None:
-            what = f"specialist {ref!r}" if ref else "any specialist"
-            raise NoSpecialistError(f"no {what} in the store: run `downsize train` first")
+            what = f"no specialist {ref!r}" if ref else "no specialist"
+            raise NoSpecialistError(
+                f"{what} in the store: run `downsize train` first (`downsize specialists` lists them)"
+            )
         return self._specialist(row)
 
     def update_specialist(self, specialist_id: int, **values: Any) -> None:
