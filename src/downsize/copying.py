@@ -44,9 +44,8 @@ SPAN_KEY = "x-downsize-span-of"
 _UNSPANNABLE = re.compile(r'["\\\x00-\x1f]+')  # a span never needs a JSON escape: cut the text there
 
 
-def conversation_tokens(messages: Iterable[dict[str, Any]]) -> list[str]:
-    """Word tokens of every non-system message (content and earlier tool-call arguments), in order."""
-    tokens: list[str] = []
+def conversation_parts(messages: Iterable[dict[str, Any]]) -> Iterable[str]:
+    """The texts of every non-system message (content, then earlier tool-call arguments), in order."""
     for message in messages:
         if message.get("role") in ("system", "developer"):
             continue
@@ -54,30 +53,22 @@ def conversation_tokens(messages: Iterable[dict[str, Any]]) -> list[str]:
         if isinstance(content, list):
             content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
         if isinstance(content, str):
-            tokens += _WORD.findall(content)
+            yield content
         for call in message.get("tool_calls") or []:
             arguments = (call.get("function") or {}).get("arguments")
             if isinstance(arguments, str):
-                tokens += _WORD.findall(arguments)
-    return tokens
+                yield arguments
+
+
+def conversation_tokens(messages: Iterable[dict[str, Any]]) -> list[str]:
+    """Word tokens of every non-system message (content and earlier tool-call arguments), in order."""
+    return [token for part in conversation_parts(messages) for token in _WORD.findall(part)]
 
 
 def conversation_text(messages: Iterable[dict[str, Any]]) -> str:
     """The non-system messages' text and earlier tool-call arguments, cut into escape-free pieces joined by a
     newline (which no span may cross): the text a span parameter's value must come from."""
-    parts: list[str] = []
-    for message in messages:
-        if message.get("role") in ("system", "developer"):
-            continue
-        content = message.get("content")
-        if isinstance(content, list):
-            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        if isinstance(content, str):
-            parts.append(content)
-        for call in message.get("tool_calls") or []:
-            arguments = (call.get("function") or {}).get("arguments")
-            if isinstance(arguments, str):
-                parts.append(arguments)
+    parts = conversation_parts(messages)
     pieces = (piece for part in parts for piece in _UNSPANNABLE.split(part))
     return "\n".join(piece for piece in pieces if piece.strip())
 
