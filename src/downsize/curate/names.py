@@ -58,14 +58,17 @@ def english_words(nlp: Any) -> frozenset[str]:
     return frozenset(w for words in table.values() for w in words)
 
 
+# a capitalised word right after these is more often a place than a person ("grew up in Moknine")
+PLACE_BEFORE = frozenset("in from at near into via across around towards toward outside".split())
 _WORD_BEFORE = re.compile(r"([^\W\d_]+)[^\w\n]*$")
 _WORD_AFTER = re.compile(r"([^\W\d_]+)")
 
 
 def in_prose(text: str, start: int, end: int) -> bool:
     """Whether the one word text[start:end] is capitalised where the words around it are not: inside a
-    sentence after a lower-case word and before no capitalised word or number, or opening a sentence before
-    a lower-case word. Title-case labels ("Gift Card 7091239", "**Payment Method:**") and headings fail."""
+    sentence after a lower-case word (not a preposition of place) and before no capitalised word or number,
+    or opening a sentence before a lower-case word. Title-case labels ("Gift Card 7091239", "**Payment
+    Method:**") and headings fail."""
     span = text[start:end]
     if not re.fullmatch(r"[A-Z][a-z]+(?:['’-][A-Za-z]+)?", span):
         return False
@@ -77,7 +80,7 @@ def in_prose(text: str, start: int, end: int) -> bool:
     if not head or head[-1] in ".!?":
         return after is not None
     before = _WORD_BEFORE.search(text[max(0, start - 40) : start])
-    return before is not None and before.group(1).islower()
+    return before is not None and before.group(1).islower() and before.group(1) not in PLACE_BEFORE
 
 
 class NameShape:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from downsize.curate.cards import CARD_PATTERNS, card_ok
-from downsize.curate.names import NOT_PERSON, TITLES, NameFilter, english_words
+from downsize.curate.names import NOT_PERSON, PLACE_BEFORE, TITLES, NameFilter, english_words
 from downsize.curate.secrets import plausible_secret
 from downsize.errors import ConfigError
 
@@ -327,7 +327,6 @@ def _make_name_recognizer_class() -> type:
         PLACE = frozenset({"GPE", "LOC", "FAC"})
         SHAPED_RUN = 3  # at most this many words in a run judged by name-shape
         SHAPED_SCORE = 0.5
-        PLACE_BEFORE = frozenset("in from at near into via across around towards toward outside".split())
         ORG_AFTER = frozenset(
             "systems solutions partners labs media holdings services consulting associates foundation "
             "institute capital ventures industries enterprises networks software analytics".split()
@@ -466,7 +465,12 @@ def _make_name_recognizer_class() -> type:
                                 and (self._is_name(tok.text) or tok.pos_ == "PROPN")
                             )
                             or (tok.is_lower and self._is_name(tok.text) and not tok.is_stop)
-                            or (lower_text and tok.pos_ == "PROPN" and self.names.shaped(tok.text))
+                            or (
+                                lower_text  # four letters or fewer give name-shape too few grams ("iban")
+                                and tok.pos_ == "PROPN"
+                                and len(tok.text) > 4
+                                and self.names.shaped(tok.text)
+                            )
                         )
                     )
                     if not ok:
@@ -501,7 +505,7 @@ def _make_name_recognizer_class() -> type:
             before = doc[run[0].i - 1] if run[0].i > 0 else None
             after = doc[run[-1].i + 1] if run[-1].i + 1 < len(doc) else None
             if before is not None and (
-                before.lower_ in self.PLACE_BEFORE or (before.text in "-–&" and not before.whitespace_)
+                before.lower_ in PLACE_BEFORE or (before.text in "-–&" and not before.whitespace_)
             ):
                 return False
             return after is None or (
