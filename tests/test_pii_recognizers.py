@@ -296,6 +296,7 @@ def test_an_address_outranks_names_inside_it(scrubber: PiiScrubber) -> None:
         ("Oscar, can I please speak to your boss?", {"Oscar"}),
         ("As promised, here's Zlata's address", {"Zlata"}),
         ("Our founders: Hill, Bowman and Qorvith.", {"Hill", "Bowman", "Qorvith"}),
+        ("Invited: Ruoho, Szczepiak and Ewing.", {"Ruoho", "Szczepiak", "Ewing"}),  # NER: ORG, PERSON, GPE
         ("She named him Timothy", {"Timothy"}),
         ("mr. freeman is a 50 year old man", {"mr. freeman"}),
         ("my name is mieszko", {"mieszko"}),

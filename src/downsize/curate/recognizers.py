@@ -574,9 +574,12 @@ def _make_name_recognizer_class() -> type:
                     or not any(s < pe and ps < e for s, e in spans for ps, pe in people)
                 ):
                     continue
+                # a list a colon introduces ("founders: Turgeon, Guerra and Ewing") is an enumeration of
+                # one kind: NER's other labels for its members are overruled by the person among them
+                enumerated = re.search(r":[ \t]*$", text[: m.start()]) is not None
                 if all(
                     self._word_ok(item.group(0), text, tags, s)
-                    and not any(s < oe and os_ < e for os_, oe in other)
+                    and (enumerated or not any(s < oe and os_ < e for os_, oe in other))
                     for (s, e), item in zip(spans, items, strict=True)
                 ):
                     out.extend(self._result(s, e, 0.9) for s, e in spans)
