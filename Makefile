@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-0.4
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover bench-serving bench-bfcl bench-specialists bench-tasks bench-conversion bench-kinds bench-shared-student clean
+.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover bench-serving bench-bfcl bench-specialists bench-tasks bench-conversion bench-kinds bench-shared-student bench-signals bench-thoughts clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -68,6 +68,14 @@ bench-conversion: install
 # issue 13: label (CLINC150 intents, a stand-in teacher) and ReAct (tau-airline's calls as text steps) specialists
 bench-kinds: install
 	$(PY) benchmarks/bench_kinds.py $(BENCH_ARGS)
+
+# confidence signals on a trained specialist's validation calls, sample agreement included (BENCH_ARGS="--home DIR")
+bench-signals: install
+	$(PY) benchmarks/bench_signals.py $(BENCH_ARGS)
+
+# does gpt-4o's next action depend on its written thought? (ReAct specialists drop it; 3 min)
+bench-thoughts: install
+	$(PY) benchmarks/bench_thoughts.py
 
 # many specialists on one student (llama.cpp): RSS with 1/2/5 specialists, shared pool vs one model each
 bench-shared-student: install

@@ -102,3 +102,18 @@ def test_copied_arguments_can_only_be_ids_from_the_conversation(runtime) -> None
     assert "options reservation_id: ZFA04Y 8JX2WO" in prompt
     assert prompt == build_prompt(runtime.tokenizer, conversation, runtime.budget, copied)
     assert "options" not in runtime.prompt(conversation)
+
+
+def test_sampled_answers_stay_grammatical_repeat_with_their_seed_and_vary_with_it(runtime) -> None:
+    from downsize.backends.decoding import Sampling
+
+    requests = [{"messages": CONVERSATIONS[0], "tools": TOOLS}]
+    greedy = runtime.generate_requests(requests)[0]
+    cold = runtime.generate_requests(requests, sampling=Sampling(temperature=1e-4, seed=1))[0]
+    assert cold.text == greedy.text  # near zero temperature, sampling is greedy
+    hot = [runtime.generate_requests(requests, sampling=Sampling(2.0, seed))[0] for seed in range(4)]
+    assert runtime.generate_requests(requests, sampling=Sampling(2.0, 0))[0].text == hot[0].text
+    assert len({g.text for g in hot}) > 1  # an untrained student at temperature 2 does not repeat itself
+    for gen in hot:
+        assert any(n.startswith(gen.text.split(" ", 1)[0]) for n in NAMES)
+        assert gen.min_logprob <= gen.mean_logprob <= 0.0

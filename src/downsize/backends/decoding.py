@@ -12,6 +12,7 @@ floor: the confidence is the lowest token log-probability, so the answer is then
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,6 +53,16 @@ class Completion:
     @property
     def mean_logprob(self) -> float:
         return sum(self.logprobs) / len(self.logprobs) if self.logprobs else -math.inf
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sample among the top-k grammatical tokens at `temperature` instead of taking the most likely: several
+    samples of one call measure how sure the student is (sample agreement, `benchmarks/bench_signals.py`).
+    The recorded log-probabilities stay the model's own; `seed` makes a run repeatable."""
+
+    temperature: float = 1.0
+    seed: int = 0
 
 
 class StepScores(Protocol):
@@ -107,6 +118,28 @@ def first_grammatical(
     return None
 
 
+def sample_grammatical(
+    grammar: Grammar,
+    ids: Sequence[int],
+    logps: Sequence[float],
+    vocab: TokenTexts,
+    rng: random.Random,
+    temperature: float,
+) -> tuple[int, float, Grammar] | None:
+    """A token of `ids` drawn among those whose text keeps the output grammatical, by probability at
+    `temperature` renormalised over them."""
+    fits = []
+    for token_id, lp in zip(ids, logps, strict=True):
+        trial = grammar.copy()
+        if trial.feed(vocab.texts[token_id]):
+            fits.append((token_id, lp, trial))
+    if not fits:
+        return None
+    top = max(lp for _, lp, _ in fits)
+    weights = [math.exp((lp - top) / max(temperature, 1e-6)) for _, lp, _ in fits]
+    return rng.choices(fits, weights)[0]
+
+
 def constrained_greedy(
     scorer: TokenScorer,
     prompts: list[str],
@@ -115,8 +148,11 @@ def constrained_greedy(
     max_new_tokens: int,
     top_k: int = 32,
     stop_below: float | None = None,
+    sampling: Sampling | None = None,
 ) -> list[Completion]:
-    """Greedy decoding of each prompt under its grammar (copied: the caller's grammars are not changed)."""
+    """Greedy decoding of each prompt under its grammar (copied: the caller's grammars are not changed);
+    with `sampling`, each token is drawn among the grammatical top-k instead."""
+    rng = random.Random(sampling.seed) if sampling is not None else None
     states = [g.copy() for g in grammars]
     results = [Completion(text="", done=g.done) for g in states]
     finished = [c.done for c in results]
@@ -130,7 +166,12 @@ def constrained_greedy(
             if finished[row]:
                 next_ids.append(None)
                 continue
-            chosen = first_grammatical(states[row], top_ids[row], top_lps[row], vocab)
+            if sampling is not None and rng is not None:
+                chosen = sample_grammatical(
+                    states[row], top_ids[row], top_lps[row], vocab, rng, sampling.temperature
+                )
+            else:
+                chosen = first_grammatical(states[row], top_ids[row], top_lps[row], vocab)
             if chosen is None:  # rare: search the rest of the vocabulary, most likely first
                 ids, lps = scores.ranked(row, vocab.candidates(states[row]))
                 chosen = first_grammatical(states[row], ids, lps, vocab)
@@ -178,7 +219,11 @@ class ToolCallRuntime:
         return build_prompt(self.tokenizer, messages, self.budget, copied, self.contract.instruction)
 
     def complete(
-        self, prompts: list[str], grammars: list[Any], stop_below: float | None = None
+        self,
+        prompts: list[str],
+        grammars: list[Any],
+        stop_below: float | None = None,
+        sampling: Sampling | None = None,
     ) -> list[Completion]:
         raise NotImplementedError
 
@@ -208,8 +253,9 @@ class ToolCallRuntime:
         requests: list[dict[str, Any]],
         stop_below: float | None = None,
         tools_chosen: list[str | None] | None = None,
+        sampling: Sampling | None = None,
     ) -> list[Generation]:
-        """Greedy, grammar-constrained generation of one answer per request under the specialist's contract.
+        """Greedy (or, with `sampling`, sampled), grammar-constrained generation of one answer per request under the specialist's contract.
 
         Tool calls: the arguments follow the named tool's JSON schema. `tools_chosen[i]`, when given, fixes the
         tool of request i (chosen by the task gate): its name is written into the prompt and only the
@@ -234,7 +280,8 @@ class ToolCallRuntime:
             grammars.append(grammar)
             prefixes.append(prefix)
         results = []
-        for completion, prefix in zip(self.complete(prompts, grammars, stop_below), prefixes, strict=True):
+        completions = self.complete(prompts, grammars, stop_below, sampling)
+        for completion, prefix in zip(completions, prefixes, strict=True):
             text = prefix + completion.text
             if end and text.endswith(end):
                 text = text[: -len(end)]

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from downsize.backends.decoding import Completion, TokenTexts, ToolCallRuntime, constrained_greedy
+from downsize.backends.decoding import Completion, Sampling, TokenTexts, ToolCallRuntime, constrained_greedy
 from downsize.backends.gguf_lora import gguf_lora_for, gguf_metadata
 from downsize.backends.students import OFFLINE_STUDENTS, specialist_artifact, student_folder
 from downsize.config import models_dir
@@ -468,7 +468,11 @@ class LlamaCppRuntime(ToolCallRuntime):
             self.student.close()
 
     def complete(
-        self, prompts: list[str], grammars: list[Any], stop_below: float | None = None
+        self,
+        prompts: list[str],
+        grammars: list[Any],
+        stop_below: float | None = None,
+        sampling: Sampling | None = None,
     ) -> list[Completion]:
         """Greedy completion of each prompt (one after another) under its grammar: copy/feed/done.
 
@@ -486,5 +490,6 @@ class LlamaCppRuntime(ToolCallRuntime):
                     self.max_new_tokens,
                     top_k=self.top_k,
                     stop_below=stop_below,
+                    sampling=sampling,
                 )
         return results

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from downsize.backends.decoding import Completion, TokenTexts, ToolCallRuntime, constrained_greedy
+from downsize.backends.decoding import Completion, Sampling, TokenTexts, ToolCallRuntime, constrained_greedy
 from downsize.backends.students import load_specialist_model
 from downsize.prompting import PromptBudget
 
@@ -117,7 +117,11 @@ class TransformersRuntime(ToolCallRuntime):
         return self.token_texts.texts
 
     def complete(
-        self, prompts: list[str], grammars: list[Any], stop_below: float | None = None
+        self,
+        prompts: list[str],
+        grammars: list[Any],
+        stop_below: float | None = None,
+        sampling: Sampling | None = None,
     ) -> list[Completion]:
         """Greedy completion of each prompt (batched) under its grammar: any object with copy/feed/done.
 
@@ -134,4 +138,5 @@ class TransformersRuntime(ToolCallRuntime):
             self.max_new_tokens,
             top_k=self.top_k,
             stop_below=stop_below,
+            sampling=sampling,
         )
