@@ -92,6 +92,7 @@ class Specialist:
     threshold: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     created_at: str | None = None
+    traffic: float | None = None  # canary: the share of its task's traffic it answers
 
 
 @dataclass

@@ -58,11 +58,23 @@ def m004_workflows(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_exchanges_workflow ON exchanges (workflow)"))
 
 
+def m005_operations(conn: Connection) -> None:
+    """Routing modes in operation: a canary's traffic share, the history of mode changes (rollbacks among
+    them) and the flywheel's runs; m001 already made them on a new database."""
+    add_column_if_missing(conn, "specialists", "traffic", "FLOAT")
+    schema.route_events.create(conn, checkfirst=True)
+    schema.flywheel_runs.create(conn, checkfirst=True)
+    conn.execute(
+        text("CREATE INDEX IF NOT EXISTS ix_route_events_specialist ON route_events (specialist_id)")
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m001_initial", m001_initial),
     ("m002_curation", m002_curation),
     ("m003_discovery", m003_discovery),
     ("m004_workflows", m004_workflows),
+    ("m005_operations", m005_operations),
 ]
 
 

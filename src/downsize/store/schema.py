@@ -61,10 +61,11 @@ specialists = Table(
     Column("adapter_path", Text, nullable=False),
     Column("config", JSON, nullable=False),
     Column("data_hash", String(64), nullable=False),
-    Column("status", String(16), nullable=False),  # candidate | shadow | canary | live | retired
+    Column("status", String(16), nullable=False),  # candidate | off | shadow | canary | live | retired
     Column("threshold", Float),
     Column("metrics", JSON),
     Column("created_at", String(32), nullable=False),
+    Column("traffic", Float),  # canary: the share of the task's traffic it answers (m005_operations)
 )
 
 route_decisions = Table(
@@ -150,3 +151,35 @@ exchange_tasks = Table(
     Column("confidence", Float),  # cosine to the task's centroid in the embedding space, in [0, 1]
 )
 Index("ix_exchange_tasks_run", exchange_tasks.c.run_id, exchange_tasks.c.exchange_id)
+
+
+# -- operations (m005_operations) --------------------------------------------------------------------
+
+route_events = Table(
+    "route_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", String(32), nullable=False),
+    Column("specialist_id", Integer, ForeignKey("specialists.id"), nullable=False),
+    Column("task", String(200), nullable=False),  # the specialist's task, as `downsize route` names it
+    Column("from_mode", String(16), nullable=False),  # the specialist's status before
+    Column("to_mode", String(16), nullable=False),  # off | shadow | canary | live (or retired)
+    Column("traffic", Float),  # canary share after the change
+    Column("actor", String(32), nullable=False),  # cli | admin | rollback | flywheel | promote
+    Column("reason", Text, nullable=False),
+    Column("evidence", JSON),  # the figures behind the change (a rollback's counts and bounds)
+)
+Index("ix_route_events_specialist", route_events.c.specialist_id)
+
+flywheel_runs = Table(
+    "flywheel_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", String(32), nullable=False),
+    Column("finished_at", String(32)),
+    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("trigger", String(64)),  # once | schedule | exchanges:<n> | resume:<run>
+    Column("config", JSON, nullable=False),
+    Column("state", JSON),  # the steps done so far and their results: what a resumed run skips
+    Column("report", JSON),
+)

@@ -423,7 +423,7 @@ class Store:
         return self._specialist(row)
 
     def update_specialist(self, specialist_id: int, **values: Any) -> None:
-        allowed = {"status", "threshold", "metrics"}
+        allowed = {"status", "threshold", "metrics", "traffic"}
         bad = set(values) - allowed
         if bad:
             raise StoreError(f"cannot update specialist fields {sorted(bad)}")
@@ -436,32 +436,94 @@ class Store:
         """Make one specialist live for its task; any other live version of the task is retired."""
         self.set_status(specialist_id, "live")
 
-    def set_status(self, specialist_id: int, status: str) -> None:
-        """Move a specialist to a status; live and shadow are one version per task (the previous one retires)."""
+    def set_status(
+        self,
+        specialist_id: int,
+        status: str,
+        *,
+        actor: str = "promote",
+        reason: str = "",
+        evidence: dict[str, Any] | None = None,
+        traffic: float | None = None,
+    ) -> None:
+        """Move a specialist to a status, recording the change in `route_events` (who, why, the figures).
+
+        A task has one version per routed status (shadow, canary, live): moving another version of the task to
+        that status retires the previous one (a live v1 stays live while v2 is in shadow). `traffic` is a
+        canary's share of its task's traffic (kept only for canaries).
+        """
         if status not in SPECIALIST_STATUSES:
             raise StoreError(
                 f"unknown specialist status {status!r}; use one of {', '.join(SPECIALIST_STATUSES)}"
             )
         sp = self.specialist(specialist_id)
+        share = traffic if status == "canary" else None
+        stamp = now_iso()
         with self.engine.begin() as conn:
-            if status in ("live", "shadow"):
-                conn.execute(
-                    update(schema.specialists)
-                    .where(
+            if status in ROUTED_STATUSES:
+                previous = conn.execute(
+                    select(schema.specialists.c.id, schema.specialists.c.status).where(
                         schema.specialists.c.task == sp.task,
                         schema.specialists.c.status == status,
                         schema.specialists.c.id != specialist_id,
                     )
-                    .values(status="retired")
-                )
+                ).all()
+                for other_id, other_status in previous:
+                    conn.execute(
+                        update(schema.specialists)
+                        .where(schema.specialists.c.id == other_id)
+                        .values(status="retired", traffic=None)
+                    )
+                    conn.execute(
+                        insert(schema.route_events).values(
+                            created_at=stamp,
+                            specialist_id=other_id,
+                            task=sp.task,
+                            from_mode=other_status,
+                            to_mode="retired",
+                            actor=actor,
+                            reason=f"replaced by version {specialist_id}",
+                        )
+                    )
             conn.execute(
                 update(schema.specialists)
                 .where(schema.specialists.c.id == specialist_id)
-                .values(status=status)
+                .values(status=status, traffic=share)
             )
+            if sp.status != status or sp.traffic != share or reason:
+                conn.execute(
+                    insert(schema.route_events).values(
+                        created_at=stamp,
+                        specialist_id=specialist_id,
+                        task=sp.task,
+                        from_mode=sp.status,
+                        to_mode=status,
+                        traffic=share,
+                        actor=actor,
+                        reason=reason or f"{actor}: {sp.status} -> {status}",
+                        evidence=evidence,
+                    )
+                )
+
+    def route_events(self, specialist_id: int | None = None, since_id: int = 0) -> list[dict[str, Any]]:
+        """The history of routing-mode changes (promotions, operators' switches, rollbacks), oldest first."""
+        q = select(schema.route_events).where(schema.route_events.c.id > since_id)
+        if specialist_id is not None:
+            q = q.where(schema.route_events.c.specialist_id == specialist_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q.order_by(schema.route_events.c.id)).mappings()]
+
+    def routing_version(self) -> tuple[int, int]:
+        """Changes when any routing mode changes (a gateway polls it to reload its specialists): the newest
+        route event and the newest specialist."""
+        with self.engine.connect() as conn:
+            events = conn.execute(select(func.max(schema.route_events.c.id))).scalar() or 0
+            newest = conn.execute(select(func.max(schema.specialists.c.id))).scalar() or 0
+        return int(events), int(newest)
 
 
-SPECIALIST_STATUSES = ("candidate", "shadow", "canary", "live", "retired")
+SPECIALIST_STATUSES = ("candidate", "off", "shadow", "canary", "live", "retired")
+ROUTED_STATUSES = ("shadow", "canary", "live")  # the modes in which a gateway loads a specialist
 
 
 def _inserted_id(result: Any) -> int:
