@@ -446,3 +446,48 @@ def test_discovered_tasks_scope_training_data_and_the_router(run: dict[str, obje
         "messages": [{"role": "system", "content": "a brand new agent"}, *ex.request["messages"][1:]],
     }
     assert str(router.slots[0].scope.task(novel, ex.agent, ex.task_hint)).startswith("novel_task")
+
+
+# -- stable keys across runs -------------------------------------------------------------------------
+
+
+def test_tasks_that_persist_keep_their_keys_when_more_calls_arrive(imported_db: str, tmp_path: Path) -> None:
+    """Discovery on 8 dev workflows, then again with 4 more: every task whose calls mostly stay together (the
+    new cluster shares more than half of its calls) keeps its key; new clusters get keys never used before."""
+    url = f"sqlite:///{tmp_path / 'stable.db'}"
+    store = Store.open(url)
+    first_flows = {str(i) for i in range(0, 8)}
+    for ex in (first := _sample(imported_db, first_flows)):
+        ex.id = None
+    store.add_exchanges(first)
+    config = DiscoverConfig(source="tau-airline", map=False, **LSA)  # type: ignore[arg-type]
+    one = discover(store, config)
+    assert one.report["keys"] is None  # nothing to continue
+    for ex in (more := _sample(imported_db, DEV_WORKFLOWS - first_flows)):
+        ex.id = None
+    store.add_exchanges(more)
+    two = discover(store, config)
+    old = exchange_tasks(store, one.run_id)
+    new = exchange_tasks(store, two.run_id)
+    old_members: dict[str, set[int]] = {}
+    new_members: dict[str, set[int]] = {}
+    for ex_id, (key, _) in old.items():
+        if key:
+            old_members.setdefault(key, set()).add(ex_id)
+    for ex_id, (key, _) in new.items():
+        if key and ex_id in old:
+            new_members.setdefault(key, set()).add(ex_id)
+    persisting = 0
+    for key, calls in old_members.items():
+        for new_key, now in new_members.items():
+            if len(calls & now) / len(calls | now) > 0.5:  # this task persists as new_key
+                persisting += 1
+                assert new_key == key, f"task {key} continues as {new_key}"
+    assert persisting >= len(old_members) // 2  # most tasks persist as the log grows by half
+    keys = two.report["keys"]
+    assert keys["previous_run"] == one.run_id and keys["kept"] >= persisting
+    first_keys = {t["task_key"] for t in run_tasks(store, one.run_id)}
+    assert not set(keys["new"]) & first_keys  # a new cluster never reuses an old key
+    # without stable keys the same run numbers its clusters by volume afresh
+    fresh = discover(store, DiscoverConfig(source="tau-airline", map=False, keep_keys=False, **LSA))  # type: ignore[arg-type]
+    assert fresh.report["keys"] is None

@@ -59,6 +59,8 @@ class DiscoverConfig:
     assign_min_similarity: float | None = None  # None: the 1st percentile of the run's own similarities
     assign_max_features: int = 30_000
     map: bool = True  # write the 2-D map of the clusters under $DOWNSIZE_HOME/reports/
+    # -- stable keys (`discover/stable.py`) ---------------------------------------------------------
+    keep_keys: bool = True  # a cluster continuing a task of the previous finished run keeps that task's key
 
     def __post_init__(self) -> None:
         for name, value, allowed in (

@@ -26,6 +26,7 @@ from downsize.discover.config import DiscoverConfig
 from downsize.discover.embed import embed_texts
 from downsize.discover.label import class_terms, dominant, task_label
 from downsize.discover.signature import Signature, TemplateIndex, signature, varying_text
+from downsize.discover.stable import FIXED_EMBEDDERS, KeyMatch, match_keys
 from downsize.discover.task_map import write_task_map
 from downsize.errors import DownsizeError
 from downsize.shapes import response_message, tool_calls
@@ -189,6 +190,12 @@ def _discover(store: Store, config: DiscoverConfig, run_id: int, say: Progress) 
     keys = [f"t{j:03d}" for j in range(n_tasks)]
     tasks = _summarise(calls, vectors, task_of, keys, config)
     seconds["label"] = time.perf_counter() - t
+    matched = _keep_keys(store, config, calls, task_of, keys, tasks) if config.keep_keys else None
+    if matched is not None:
+        say(
+            f"stable keys: {len(matched.kept)} tasks continue run {matched.previous_run}, "
+            f"{len(matched.new)} new, {len(matched.ended)} ended"
+        )
 
     t = time.perf_counter()
     task_keys: list[str | None] = [keys[j] if j >= 0 else None for j in task_of]
@@ -242,10 +249,50 @@ def _discover(store: Store, config: DiscoverConfig, run_id: int, say: Progress) 
         "assigner_path": str(assigner_path),
         "assigner_threshold": round(assigner.threshold, 4),
         "map_path": str(map_path) if map_path else None,
+        "keys": matched.as_dict() if matched is not None else None,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
     say(f"discovery run {run_id}: {n_tasks} tasks written; assigner {assigner_path}")
     return DiscoveryResult(run_id, tasks, report, assignments)
+
+
+def _keep_keys(
+    store: Store,
+    config: DiscoverConfig,
+    calls: list[Call],
+    task_of: np.ndarray,
+    keys: list[str],
+    tasks: list[dict[str, Any]],
+) -> KeyMatch | None:
+    """Rename this run's tasks (in `keys` and `tasks`, in place) to the keys of the previous finished run's
+    tasks they continue (`discover/stable.py`); None when there is no previous run."""
+    previous_run = runs.latest_run_id(store)
+    if previous_run is None:
+        return None
+    members: dict[str, set[int]] = defaultdict(set)
+    for call, j in zip(calls, task_of, strict=True):
+        if j >= 0:
+            members[keys[int(j)]].add(call.exchange_id)
+    previous_members: dict[str, set[int]] = defaultdict(set)
+    for ex_id, (key, _) in runs.exchange_tasks(store, previous_run).items():
+        if key is not None:
+            previous_members[key].add(ex_id)
+    earlier = next((r for r in runs.discovery_runs(store) if r["id"] == previous_run), None) or {}
+    same_space = (earlier.get("config") or {}).get("embedder") == config.embedder
+    matched = match_keys(
+        tasks,
+        dict(members),
+        runs.run_tasks(store, previous_run),
+        dict(previous_members),
+        comparable_space=same_space and config.embedder in FIXED_EMBEDDERS,
+        used_keys=runs.all_task_keys(store),
+        previous_run=previous_run,
+    )
+    for j, key in enumerate(keys):
+        keys[j] = matched.renamed[key]
+    for row in tasks:
+        row["task_key"] = matched.renamed[row["task_key"]]
+    return matched
 
 
 def _summarise(

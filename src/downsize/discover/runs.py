@@ -109,6 +109,12 @@ def run_tasks(store: Store, run_id: int | None = None) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute(q).mappings()]
 
 
+def all_task_keys(store: Store) -> list[str]:
+    """Every task key any discovery run gave out (a new key must never reuse one)."""
+    with store.engine.connect() as conn:
+        return [str(r[0]) for r in conn.execute(select(_TASKS.c.task_key).distinct())]
+
+
 def exchange_tasks(store: Store, run_id: int | None = None) -> dict[int, tuple[str | None, float | None]]:
     """exchange id -> (task key or None for an outlier, confidence) for a run (default: the newest)."""
     run_id = require_run(store, run_id)
