@@ -77,6 +77,7 @@ def tasks(run_id: int | None, limit: int, as_json: bool, db: str | None) -> None
     and whether a specialist can be trained for it (with the reason when not)."""
     from dataclasses import asdict
 
+    from downsize.discover.names import task_names
     from downsize.discover.runs import require_run, run_tasks
     from downsize.discover.suitability import assess_tasks
     from downsize.store import Store
@@ -84,6 +85,9 @@ def tasks(run_id: int | None, limit: int, as_json: bool, db: str | None) -> None
     store = Store.open(db)
     run_id = require_run(store, run_id)
     rows = run_tasks(store, run_id)
+    names = task_names(store, run_id)
+    for row in rows:
+        row["name"] = names.get(row["task_key"], row["label"])
     verdicts = {fit.task_key: fit for fit in assess_tasks(store, run_id)}
     if as_json:
         for row in rows:
@@ -127,10 +131,15 @@ def render_tasks(
 ) -> str:
     """Tasks as a fixed-width table, most suitable first; with `verdicts`, whether a specialist fits and why."""
     rows = sorted(rows, key=lambda r: (-r["suitability"], -r["volume"], r["task_key"]))
-    head = f"{'task':<5} {'kind':<9} {'calls':>6} {'tokens':>10} {'cost $':>9} {'regular':>7} {'suits':>5}  label"
+    head = (
+        f"{'task':<5} {'kind':<9} {'calls':>6} {'tokens':>10} {'cost $':>9} {'regular':>7} {'suits':>5}  name"
+    )
     lines = [head + (" | specialist?" if verdicts else "")]
     for r in rows[:limit]:
-        label = r["label"] if len(r["label"]) <= 60 else r["label"][:59] + "…"
+        shown = (
+            r.get("name") or r["label"]
+        )  # the readable name where `tasks` read it, else the c-TF-IDF label
+        label = shown if len(shown) <= 60 else shown[:59] + "…"
         line = (
             f"{r['task_key']:<5} {r['output_kind']:<9} {r['volume']:>6} {r['tokens']:>10} {r['cost']:>9.3f} "
             f"{r['regularity']:>7.2f} {r['suitability']:>5.2f}  {label}"

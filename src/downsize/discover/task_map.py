@@ -31,15 +31,17 @@ def project_2d(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
     return PCA(n_components=2, random_state=seed).fit_transform(vectors)
 
 
-def write_task_map(
+def task_map_svg(
     vectors: np.ndarray,
     labels: np.ndarray,
     names: dict[int, str],
-    path: Path,
-    title: str = "downsize tasks",
     seed: int = 0,
-) -> Path:
-    """Write the map of `vectors` coloured by `labels` (-1: outlier) to `path`; returns the path."""
+    volumes: dict[int, int] | None = None,
+    points: bool = True,
+) -> str:
+    """The map as one `<svg>` element: `vectors` coloured by `labels` (-1: outlier), a bubble per task at the
+    mean of its rows. `volumes` (task -> calls) sizes the bubbles when the rows are not the calls themselves
+    (one centroid per task, as `downsize report` draws a stored run); `points` off leaves out the faint rows."""
     rng = np.random.default_rng(seed)
     keep = np.arange(len(vectors))
     if len(keep) > MAX_POINTS:
@@ -47,10 +49,12 @@ def write_task_map(
     xy = project_2d(vectors[keep], seed)
     lo, hi = xy.min(axis=0) if len(xy) else np.zeros(2), xy.max(axis=0) if len(xy) else np.ones(2)
     span = np.where(hi - lo == 0, 1.0, hi - lo)
-    scaled = PAD + (xy - lo) / span * np.array([WIDTH - 2 * PAD, HEIGHT - 2 * PAD])
+    scaled = PAD + 20 + (xy - lo) / span * np.array([WIDTH - 2 * PAD - 40, HEIGHT - 2 * PAD - 40])
     circles = []
     kept_labels = labels[keep]
     for (x, y), j in zip(scaled, kept_labels, strict=True):
+        if not points:
+            break
         j = int(j)
         fill, r = (_colour(j), 2.5) if j >= 0 else ("#bbb", 2.0)
         name = html.escape(names.get(j, "outlier (no task)"))
@@ -58,7 +62,7 @@ def write_task_map(
             f'<circle cx="{x:.1f}" cy="{HEIGHT - y:.1f}" r="{r}" fill="{fill}" fill-opacity="0.35">'
             f"<title>{name}</title></circle>"
         )
-    volume = {j: int((labels == j).sum()) for j in names}
+    volume = task_volumes(labels, names, volumes)
     sizes = sorted(names, key=lambda j: -volume[j])
     biggest = max(volume.values(), default=1) or 1
     bubbles, captions = [], []
@@ -70,17 +74,43 @@ def write_task_map(
         r = 4 + 18 * (volume[j] / biggest) ** 0.5
         name = html.escape(names[j])
         bubbles.append(
-            f'<circle cx="{bx:.1f}" cy="{HEIGHT - by:.1f}" r="{r:.1f}" fill="{_colour(j)}" fill-opacity="0.55" '
-            f'stroke="#333" stroke-width="0.8"><title>{name}</title></circle>'
+            f'<circle class="task" cx="{bx:.1f}" cy="{HEIGHT - by:.1f}" r="{r:.1f}" fill="{_colour(j)}" '
+            f'fill-opacity="0.55" stroke="#333" stroke-width="0.8"><title>{name}</title></circle>'
         )
         if rank < NAMED:
-            short = name if len(name) <= 40 else name[:39] + "…"
+            short = html.escape(names[j] if len(names[j]) <= 40 else names[j][:39] + "…")  # cut, then escape
             left = bx > WIDTH * 0.6  # write toward the middle, so the label stays on the page
             x_text, anchor = (bx - r - 2, "end") if left else (bx + r + 2, "start")
             captions.append(
                 f'<text x="{x_text:.1f}" y="{HEIGHT - by + 4:.1f}" font-size="11" fill="#222" '
                 f'text-anchor="{anchor}">{short}</text>'
             )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+        f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="map of the tasks">\n'
+        f"{''.join(circles)}\n{''.join(reversed(bubbles))}\n{''.join(captions)}\n</svg>"
+    )
+
+
+def task_volumes(
+    labels: np.ndarray, names: dict[int, str], volumes: dict[int, int] | None = None
+) -> dict[int, int]:
+    """Calls per task: as given, else counted from the labels."""
+    return {j: int(volumes[j]) if volumes is not None else int((labels == j).sum()) for j in names}
+
+
+def write_task_map(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    names: dict[int, str],
+    path: Path,
+    title: str = "downsize tasks",
+    seed: int = 0,
+) -> Path:
+    """Write the map of `vectors` coloured by `labels` (-1: outlier) to `path`; returns the path."""
+    shown = min(len(vectors), MAX_POINTS)
+    volume = task_volumes(labels, names)
+    sizes = sorted(names, key=lambda j: -volume[j])
     legend = "".join(
         f'<li><span style="background:{_colour(j)}"></span>{html.escape(names[j])}</li>'
         for j in sizes[:LEGEND_ROWS]
@@ -97,14 +127,10 @@ li {{ margin: 2px 0; white-space: nowrap; overflow: hidden; text-overflow: ellip
 li span {{ display: inline-block; width: 10px; height: 10px; margin-right: 6px; border-radius: 50%; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>Each faint point is one logged call (PCA of its embedding; {len(keep)} of {len(vectors)} shown); colour =
+<p>Each faint point is one logged call (PCA of its embedding; {shown} of {len(vectors)} shown); colour =
 task, grey = outlier. Each bubble is a task at the mean of its calls, its area its volume. Hover for labels.</p>
 <div class="wrap">
-<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}">
-{"".join(circles)}
-{"".join(reversed(bubbles))}
-{"".join(captions)}
-</svg>
+{task_map_svg(vectors, labels, names, seed)}
 <ul>{legend}{more}</ul>
 </div></body></html>
 """
