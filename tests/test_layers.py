@@ -23,6 +23,7 @@ LAYERS = {
     "contracts": 1,
     "sites": 1,
     "artifacts": 1,
+    "pricing": 1,
     "store": 2,
     "backends": 2,
     "importers": 3,

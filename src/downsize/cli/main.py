@@ -39,6 +39,7 @@ def import_group() -> None:
 
 
 def _register() -> None:
+    from downsize.cli.costs import savings
     from downsize.cli.curate import curate
     from downsize.cli.discover import discover, tasks
     from downsize.cli.imports import register as register_imports
@@ -62,6 +63,7 @@ def _register() -> None:
         specialists,
         serve,
         probes,
+        savings,
     ):
         main.add_command(command)
     main.add_command(specialist_worker)

@@ -52,7 +52,8 @@ class DiscoverConfig:
     seed: int = 0
     # -- labels, cost and suitability ---------------------------------------------------------------
     label_terms: int = 3
-    price_input_per_mtok: float = 2.5  # USD per million prompt tokens (gpt-4o) when no cost was logged
+    # USD per million prompt tokens when no cost was logged and the model has no price in `prices.toml`
+    price_input_per_mtok: float = 2.5  # (gpt-4o's)
     price_output_per_mtok: float = 10.0
     text_regularity_weight: float = 0.5  # free text is harder to check than a call or JSON
     # -- the assigner -------------------------------------------------------------------------------

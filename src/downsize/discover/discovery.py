@@ -29,6 +29,7 @@ from downsize.discover.signature import Signature, TemplateIndex, signature, var
 from downsize.discover.stable import FIXED_EMBEDDERS, KeyMatch, match_keys
 from downsize.discover.task_map import write_task_map
 from downsize.errors import DownsizeError
+from downsize.pricing import load_prices
 from downsize.shapes import response_message, tool_calls
 from downsize.store import Store
 from downsize.types import Exchange
@@ -90,15 +91,18 @@ def read_calls(store: Store, config: DiscoverConfig, templates: TemplateIndex) -
     calls: list[Call] = []
     kinds = set(config.response_kinds)
     split = None if config.split in (None, "all") else config.split
+    prices = load_prices()
     for ex in store.exchanges(source=config.source, split=split):
         if ex.response_kind not in kinds or ex.id is None:
             continue
         prompt, completion = _tokens(ex)
-        cost = (
-            float(ex.cost_estimate)
-            if ex.cost_estimate is not None
-            else (prompt * config.price_input_per_mtok + completion * config.price_output_per_mtok) / 1e6
-        )
+        listed = prices.cost(ex.model, prompt, completion)
+        if ex.cost_estimate is not None:
+            cost = float(ex.cost_estimate)
+        elif listed is not None:  # the model's list price (`pricing.py`)
+            cost = listed
+        else:
+            cost = (prompt * config.price_input_per_mtok + completion * config.price_output_per_mtok) / 1e6
         shape, tool = output_shape(ex.response_kind, ex.response)
         calls.append(
             Call(
