@@ -182,6 +182,57 @@ class RouteConfig:
         default_factory=list
     )  # names or ids to route (as --specialist); default: live
     engine: str = "auto"  # auto | transformers | llamacpp (as --engine)
+    # routing modes applied when the gateway starts, as `downsize route TASK MODE` would (gated the same way):
+    # {TASK: MODE} or {TASK: {mode: canary, traffic: 0.1}}; TASK is a specialist id or name, or its task
+    modes: dict[str, Any] = field(default_factory=dict)
+    reload_s: float = 5.0  # how often the gateway looks for routing changes in the store (0: never)
+
+    def __post_init__(self) -> None:
+        if self.reload_s < 0:
+            raise ConfigError(f"route.reload_s is seconds >= 0, not {self.reload_s}")
+        for task, value in self.modes.items():
+            mode = value.get("mode") if isinstance(value, dict) else value
+            if mode not in ("off", "shadow", "canary", "live"):
+                raise ConfigError(
+                    f"route.modes.{task}: the mode must be off, shadow, canary or live, not {mode!r}"
+                )
+
+
+@dataclass
+class RollbackConfig:
+    """Automatic rollback (`rollback:` in the gateway YAML): a canary or live task goes back to shadow when, on
+    the traffic since it went live, the evidence says with `confidence` that it is worse than a limit. One bad
+    call never does it: each rule needs `min_calls` observations and a one-sided bound past its limit.
+
+    - disagreement: served calls the gateway also sent to the LLM (`check_fraction` of them, in the background)
+      and that the LLM answered differently (strict rule of the task's kind); rolls back when the lower bound of
+      the disagreement rate is above `max_disagreement`;
+    - fallbacks: the share of the task's decided calls that fell back (validation, confidence, errors); rolls
+      back when its lower bound is above `max_fallback_rate`;
+    - outcomes: workflows (sessions) with a served call whose reported success (`POST /v1/downsize/outcomes`)
+      is below the LLM-only workflows' of the same agent by more than `max_success_drop` (upper bound)."""
+
+    enabled: bool = True
+    check_fraction: float = 0.05  # share of served calls also asked of the LLM (each is a paid upstream call)
+    max_disagreement: float = 0.25
+    max_fallback_rate: float = 0.60
+    max_success_drop: float = 0.15
+    min_calls: int = 20  # served checks (disagreement) or decided calls (fallbacks) a rule needs
+    min_workflows: int = 10  # workflows with an outcome, on each side, the outcome rule needs
+    confidence: float = 0.95
+    interval_s: float = 30.0  # how often the gateway checks its canary and live tasks
+
+    def __post_init__(self) -> None:
+        for name in ("check_fraction", "max_disagreement", "max_fallback_rate", "max_success_drop"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"rollback.{name} is a share from 0 to 1, not {value}")
+        if not 0.5 <= self.confidence < 1.0:
+            raise ConfigError(f"rollback.confidence is from 0.5 to 1 (exclusive), not {self.confidence}")
+        if self.min_calls < 1 or self.min_workflows < 1 or self.interval_s <= 0:
+            raise ConfigError(
+                "rollback.min_calls and rollback.min_workflows must be >= 1, rollback.interval_s > 0"
+            )
 
 
 @dataclass
@@ -246,10 +297,13 @@ class GatewayConfig:
     log_level: str = "info"
     route: RouteConfig = field(default_factory=RouteConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    rollback: RollbackConfig = field(default_factory=RollbackConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.probe, dict):
             self.probe = resolve(ProbeConfig, self.probe)
+        if isinstance(self.rollback, dict):
+            self.rollback = resolve(RollbackConfig, self.rollback)
         self.fallback_upstreams = [_upstream_target(t) for t in self.fallback_upstreams]
         self.gateway_keys = [_gateway_key(k) for k in self.gateway_keys]
         if isinstance(self.route, dict):

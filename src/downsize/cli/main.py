@@ -44,6 +44,7 @@ def _register() -> None:
     from downsize.cli.discover import discover, tasks
     from downsize.cli.imports import register as register_imports
     from downsize.cli.models import models
+    from downsize.cli.routing import route
     from downsize.cli.serving import demo, probes, serve, specialist_worker
     from downsize.cli.sites import sites
     from downsize.cli.specialists import eval_cmd, promote, specialists, train
@@ -60,6 +61,7 @@ def _register() -> None:
         train,
         eval_cmd,
         promote,
+        route,
         specialists,
         serve,
         probes,

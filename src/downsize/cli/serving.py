@@ -198,11 +198,23 @@ def serve(
             specialist=str(sp.id),
         )
 
-    router = None if no_route else load_router(store, specialist, threshold, remote_runtime)
+    if route.modes and not no_route:
+        from downsize.route.modes import set_mode
+
+        for task, value in route.modes.items():  # the config file's modes, gated as `downsize route` is
+            wanted: dict[str, Any] = value if isinstance(value, dict) else {"mode": value}
+            change = set_mode(store, str(task), wanted["mode"], traffic=wanted.get("traffic"), actor="config")
+            click.echo(
+                f"route: task {change.specialist.task} is {change.to_mode} (from the config)", err=True
+            )
+
+    def reload() -> Any:
+        return load_router(store, specialist, threshold, remote_runtime)
+
+    router = None if no_route else reload()
     where = (
         "; ".join(
-            f"{slot.specialist.name} (id {slot.specialist.id}, {'shadow' if slot.shadow else 'live'}, "
-            f"threshold {slot.threshold:.4f})"
+            f"{slot.specialist.name} (id {slot.specialist.id}, {slot.mode}, threshold {slot.threshold:.4f})"
             for slot in router.slots
         )
         if router
@@ -217,7 +229,7 @@ def serve(
         err=True,
     )
     try:
-        run_server(config, store, router)
+        run_server(config, store, router, reload=None if no_route else reload)
     finally:
         if worker is not None:
             worker.terminate()
@@ -268,6 +280,9 @@ def specialist_worker(
 
     def runtime(specialist_id: str | None) -> Any:
         key = specialist_id or next(iter(known))
+        if key not in known and key.isdigit():  # routed after the gateway started (`downsize route`)
+            found = [sp for sp in store.specialists() if str(sp.id) == key and sp.status != "retired"]
+            known.update({key: found[0]} if found else {})
         if key not in known:
             raise DownsizeError(f"this worker does not serve specialist {key!r}")
         if key not in loaded:

@@ -7,16 +7,18 @@ They share the app's store, writer and metrics but none of the request path; eac
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from downsize.artifacts import specialist_summary
 from downsize.config import GatewayConfig
-from downsize.errors import InvalidRequestError, StoreError
+from downsize.errors import DownsizeError, InvalidRequestError, NoSpecialistError, StoreError
 from downsize.gateway.auth import CALL_MODELS, MANAGE, READ_LOGS, Authorizer, OriginHasher
 from downsize.gateway.metrics import GatewayMetrics
 from downsize.gateway.protocol import error_response, parse_outcome, read_body
@@ -39,20 +41,26 @@ class AdminEndpoints:
         self,
         config: GatewayConfig,
         store: Store,
-        router: Router | None,
+        current_router: Callable[[], Router | None],
         writer: ExchangeWriter,
         auth: Authorizer,
         hasher: OriginHasher | None,
         metrics: GatewayMetrics,
+        reload: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.config = config
         self.store = store
-        self.router = router
+        self.current_router = current_router
+        self.reload = reload
         self.writer = writer
         self.auth = auth
         self.hasher = hasher
         self.metrics = metrics
         self.wait_s = config.capture_wait_s
+
+    @property
+    def router(self) -> Router | None:
+        return self.current_router()
 
     async def health(self, request: Request) -> Response:
         return JSONResponse(
@@ -132,9 +140,98 @@ class AdminEndpoints:
                         **specialist_summary(row),
                         "routing": row.id in slots,
                         "loaded": row.id in slots and slots[row.id].loaded,
-                        "mode": ("shadow" if slots[row.id].shadow else "live") if row.id in slots else None,
+                        "mode": slots[row.id].mode if row.id in slots else None,
                     }
                     for row in rows
                 ],
             }
         )
+
+    # -- routing modes ------------------------------------------------------------------------------------
+
+    async def routes(self, request: Request) -> Response:
+        """Each task's routing mode, canary share and last change, and the newest mode changes (reader)."""
+        from downsize.route.modes import routes_table
+
+        denied = self.auth.check(request.headers.get("authorization"), READ_LOGS)
+        if denied is not None:
+            return denied
+        try:
+            table = await asyncio.to_thread(routes_table, self.store)
+            events = await asyncio.to_thread(self.store.route_events)
+        except StoreError as exc:
+            return error_response(500, str(exc), type_="server_error", code="store_error")
+        router = self.router
+        serving = {slot.specialist.id: slot.mode for slot in router.slots} if router is not None else {}
+        for row in table:
+            row["in_gateway"] = serving.get(row["specialist_id"])
+        return JSONResponse({"object": "list", "data": table, "events": events[-50:]})
+
+    async def set_route(self, request: Request) -> Response:
+        """`{"task": ..., "mode": "off|shadow|canary|live", "traffic"?, "rule"?, "force"?, "reason"?}` (admin):
+        change a task's mode as `downsize route` does, then reload this gateway's specialists at once."""
+        from downsize.route.modes import set_mode
+
+        denied = self.auth.check(request.headers.get("authorization"), MANAGE)
+        if denied is not None:
+            return denied
+        try:
+            body = json.loads(await read_body(request, _MAX_SMALL_BODY, None) or b"null")
+            args = _route_args(body)
+        except (ValueError, RecursionError):
+            return error_response(400, 'the body must be JSON: {"task": ..., "mode": ...}')
+        except InvalidRequestError as exc:
+            return error_response(exc.status, str(exc), param=exc.param)
+        try:
+            change = await asyncio.to_thread(set_mode, self.store, actor="admin", **args)
+        except NoSpecialistError as exc:
+            return error_response(404, str(exc), param="task", code="not_found")
+        except DownsizeError as exc:
+            return error_response(409, str(exc), param="mode", code="route_refused")
+        reloaded = await self.reload("routing changed over the admin API") if self.reload else False
+        sp = change.specialist
+        return JSONResponse(
+            {
+                "task": sp.task,
+                "specialist_id": sp.id,
+                "specialist": sp.name,
+                "from": change.from_mode,
+                "to": change.to_mode,
+                "traffic": change.traffic,
+                "reason": change.reason,
+                "reloaded": reloaded,
+            }
+        )
+
+
+def _route_args(body: Any) -> dict[str, Any]:
+    """set_mode's arguments from a POST /v1/downsize/routes body; InvalidRequestError naming what to fix."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError('the body must be a JSON object: {"task": ..., "mode": ...}')
+    unknown = set(body) - {"task", "mode", "traffic", "rule", "force", "reason"}
+    if unknown:
+        raise InvalidRequestError(f"unknown fields {sorted(unknown)}", param=sorted(unknown)[0])
+    task, mode = body.get("task"), body.get("mode")
+    if not isinstance(task, str | int) or isinstance(task, bool) or not str(task):
+        raise InvalidRequestError("task must name a specialist (id or name) or its task", param="task")
+    if not isinstance(mode, str):
+        raise InvalidRequestError("mode must be one of off, shadow, canary, live", param="mode")
+    traffic = body.get("traffic")
+    if traffic is not None and (isinstance(traffic, bool) or not isinstance(traffic, int | float)):
+        raise InvalidRequestError("traffic must be a number between 0 and 1", param="traffic")
+    rule = body.get("rule", "strict")
+    if rule not in ("strict", "parity"):
+        raise InvalidRequestError("rule must be strict or parity", param="rule")
+    if not isinstance(body.get("force", False), bool):
+        raise InvalidRequestError("force must be true or false", param="force")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str):
+        raise InvalidRequestError("reason must be a string", param="reason")
+    return {
+        "ref": str(task),
+        "mode": mode,
+        "traffic": None if traffic is None else float(traffic),
+        "rule": rule,
+        "force": body.get("force", False),
+        "reason": reason[:500],
+    }

@@ -19,7 +19,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
@@ -53,6 +53,7 @@ from downsize.gateway.protocol import (
     read_body,
 )
 from downsize.gateway.writer import ExchangeWriter, Item
+from downsize.route.rollback import RollbackVerdict, check_all
 from downsize.route.router import RouteOutcome, Slot
 from downsize.types import RouteDecision
 
@@ -150,9 +151,15 @@ class _Gateway:
         writer: ExchangeWriter,
         auth: Authorizer,
         metrics: GatewayMetrics,
+        store: Store | None = None,
+        reloader: Callable[[], Router | None] | None = None,
     ) -> None:
         self.config = config
         self.router = router
+        self.store = store
+        self.reloader = reloader
+        self.routing_version: tuple[int, int] | None = None
+        self.rollbacks: list[RollbackVerdict] = []  # the verdicts this gateway applied
         self.pool = pool
         self.writer = writer
         self.auth = auth
@@ -167,16 +174,89 @@ class _Gateway:
         self.probe = config.probe
         self.probe_tasks: set[asyncio.Task[None]] = set()
         self.probe_counts = {"sent": 0, "skipped_busy": 0, "failed": 0}
-        self.local_models: list[dict[str, Any]] = []
-        for specialist in router.specialists if router is not None else []:
-            self.local_models.append(
-                {
-                    "id": f"downsize/{specialist.name}",
-                    "object": "model",
-                    "created": int(time.time()),
-                    "owned_by": "downsize",
-                }
+        self.local_models = self._listed(router)
+
+    @staticmethod
+    def _listed(router: Router | None) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": f"downsize/{sp.name}",
+                "object": "model",
+                "created": int(time.time()),
+                "owned_by": "downsize",
+            }
+            for sp in (router.specialists if router is not None else [])
+        ]
+
+    # -- routing changes: reload, rollback ---------------------------------------------------------------
+
+    async def reload_router(self, why: str) -> bool:
+        """Rebuild the router from the store (modes changed) and swap it in: a request in flight keeps the
+        router it started with, so none is dropped; a specialist that stays keeps its loaded model. False (the
+        old router stays) when this gateway cannot reload or the new one cannot be built."""
+        if self.reloader is None:
+            return False
+        try:
+            fresh = await asyncio.to_thread(self.reloader)
+        except Exception:  # a bad specialist row must not take routing down: keep what works
+            logger.exception("routing reload failed (%s); keeping the current specialists", why)
+            return False
+        if fresh is not None and self.router is not None:
+            previous = {slot.specialist.id: slot for slot in self.router.slots}
+            for slot in fresh.slots:
+                if slot.specialist.id in previous:
+                    slot.adopt(previous[slot.specialist.id])
+        self.router = fresh
+        self.local_models = self._listed(fresh)
+        logger.info(
+            "routing reloaded (%s): %s",
+            why,
+            ", ".join(f"{s.specialist.name}={s.mode}" for s in fresh.slots) if fresh else "no specialist",
+        )
+        return True
+
+    async def watch_routing(self, interval_s: float) -> None:
+        """Reload when the store's routing changes (`downsize route`, the flywheel, another gateway's rollback)."""
+        assert self.store is not None
+        store = self.store
+        self.routing_version = await asyncio.to_thread(store.routing_version)
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                version = await asyncio.to_thread(store.routing_version)
+            except Exception:
+                logger.exception("cannot read the routing version; retrying")
+                continue
+            if version != self.routing_version:
+                self.routing_version = version
+                await self.reload_router("routing changed in the store")
+
+    async def check_rollback(self) -> list[RollbackVerdict]:
+        """Check every canary and live task against the rollback limits, roll back those past them (to shadow,
+        recorded with the figures) and reload; returns the verdicts that rolled back."""
+        if self.store is None or not self.config.rollback.enabled:
+            return []
+        verdicts = await asyncio.to_thread(check_all, self.store, self.config.rollback)
+        rolled = [v for v in verdicts if v.roll_back]
+        for verdict in rolled:
+            logger.warning(
+                "rolled back %s (id %s) to shadow: %s",
+                verdict.specialist.name,
+                verdict.specialist.id,
+                verdict.reason,
             )
+        if rolled:
+            self.rollbacks.extend(rolled)
+            await self.reload_router("rollback")
+        return rolled
+
+    async def watch_rollback(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.check_rollback()
+            except Exception:
+                logger.exception("the rollback check failed; retrying")
 
     # One thread: the specialist model is used by one request at a time, and never on the event loop.
     def router_executor(self) -> ThreadPoolExecutor:
@@ -255,7 +335,7 @@ class _Gateway:
     ) -> tuple[Slot | None, str | None]:
         """Which specialist answers the request (a millisecond: call site, then the task assigner)."""
         try:
-            return router.slot_for(payload, meta.get("agent"), meta.get("task_hint"))
+            return router.slot_for(payload, meta.get("agent"), meta.get("task_hint"), meta.get("session"))
         except Exception:  # a dispatch bug must not fail the agent's call: log it and go upstream
             logger.exception("the router could not dispatch the request; forwarding it upstream")
             return None, None
@@ -355,12 +435,17 @@ class _Gateway:
 
     def _maybe_probe(self, payload: dict[str, Any], head: _Head, served: bool) -> None:
         """Re-ask the upstream this call, in the background, for a `probe.fraction` share of eligible calls
-        (upstream answers; in `live` mode a specialist's too). At most `max_in_flight` at once: more are
-        skipped, never queued, so a probe cannot pile up cost or memory."""
+        (upstream answers; in `live` mode a specialist's too), and for `rollback.check_fraction` of served
+        calls (the LLM's answer is what rollback judges a served answer by). At most `max_in_flight` at once:
+        more are skipped, never queued, so a probe cannot pile up cost or memory."""
         probe = self.probe
-        if probe.fraction <= 0.0 or (served and probe.mode != "live"):
+        share = probe.fraction
+        if served:
+            checks = self.config.rollback.check_fraction if self.config.rollback.enabled else 0.0
+            share = max(probe.fraction if probe.mode == "live" else 0.0, checks)
+        if share <= 0.0:
             return
-        if probe.fraction < 1.0 and random.random() >= probe.fraction:
+        if share < 1.0 and random.random() >= share:
             return
         if len(self.probe_tasks) >= probe.max_in_flight:
             self.probe_counts["skipped_busy"] += 1
@@ -534,9 +619,14 @@ def create_app(
     store: Store,
     router: Router | None = None,
     upstream: Upstream | UpstreamPool | None = None,
+    reload: Callable[[], Router | None] | None = None,
 ) -> Starlette:
     """The gateway app. The upstreams' connection pools and the exchange writer live as long as the app's
     lifespan (startup opens them, shutdown drains and closes them); `app.state.writer` is the writer.
+
+    `reload` rebuilds the router from the store: given, the gateway reloads when routing changes in the store
+    (polled every `route.reload_s`) or through `POST /v1/downsize/routes`, and checks its canary and live
+    tasks for rollback every `rollback.interval_s`.
 
     Configuration errors (a missing key variable, encryption asked for without a store key, a redaction
     hook that does not import) raise ConfigError here, before anything is served.
@@ -570,16 +660,25 @@ def create_app(
     )
     metrics.watch_writer(writer)
     auth = Authorizer(keys, metrics.auth_failures)
-    gateway = _Gateway(config, router, pool, writer, auth, metrics)
-    admin = AdminEndpoints(config, store, router, writer, auth, hasher, metrics)
+    gateway = _Gateway(config, router, pool, writer, auth, metrics, store, reload)
+    admin = AdminEndpoints(
+        config, store, lambda: gateway.router, writer, auth, hasher, metrics, gateway.reload_router
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         writer.start()
         await pool.start()
+        watchers = []
+        if reload is not None and config.route.reload_s > 0:
+            watchers.append(asyncio.create_task(gateway.watch_routing(config.route.reload_s)))
+        if reload is not None and config.rollback.enabled:
+            watchers.append(asyncio.create_task(gateway.watch_rollback(config.rollback.interval_s)))
         try:
             yield
         finally:
+            for watcher in watchers:
+                watcher.cancel()
             gateway.shutdown_router()
             await gateway.drain_probes()
             await pool.close()
@@ -606,6 +705,8 @@ def create_app(
             Route("/v1/downsize/outcomes", admin.outcomes, methods=["POST"]),
             Route("/v1/downsize/exchanges", admin.exchanges, methods=["GET"]),
             Route("/v1/downsize/specialists", admin.specialists, methods=["GET"]),
+            Route("/v1/downsize/routes", admin.routes, methods=["GET"]),
+            Route("/v1/downsize/routes", admin.set_route, methods=["POST"]),
         ],
         middleware=middleware,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
@@ -613,7 +714,7 @@ def create_app(
     )
     app.state.writer = writer
     app.state.upstream = pool
-    app.state.router = router
+    app.state.router = router  # the router at start; `app.state.gateway.router` is the current one
     app.state.config = config
     app.state.metrics = metrics
     app.state.gateway = gateway  # its probe counts and tasks (`probe_counts`, `drain_probes`)

@@ -9,6 +9,7 @@ with anything that looks like a key masked (`downsize.gateway.logs`).
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from downsize.config import GatewayConfig
@@ -43,13 +44,19 @@ def uvicorn_config(config: GatewayConfig, app: Any, **overrides: Any) -> uvicorn
     return uvicorn.Config(app, **settings)
 
 
-def serve(config: GatewayConfig, store: Store, router: Router | None = None) -> None:
-    """Serve the gateway on config.host:config.port until interrupted; exchanges are drained on the way out."""
+def serve(
+    config: GatewayConfig,
+    store: Store,
+    router: Router | None = None,
+    reload: Callable[[], Router | None] | None = None,
+) -> None:
+    """Serve the gateway on config.host:config.port until interrupted; exchanges are drained on the way out.
+    `reload` rebuilds the router from the store when routing modes change (see `create_app`)."""
     import uvicorn
 
     from downsize.gateway.app import create_app
     from downsize.gateway.logs import configure_logging
 
     configure_logging(config.log_format, config.log_level)
-    app = create_app(config, store, router)
+    app = create_app(config, store, router, reload=reload)
     uvicorn.Server(uvicorn_config(config, app)).run()

@@ -12,20 +12,32 @@ from downsize.types import Specialist, SpecialistRuntime
 
 
 def routed_specialists(store: Store, names: Sequence[str] = ()) -> list[Specialist]:
-    """The named specialists; else every live one, and every shadow one whose scope no live one covers.
+    """The named specialists; else every live and canary one, and every shadow one whose scope no live or
+    canary one covers.
 
-    Of several versions with the same scope (agent, tool set, tasks), the newest wins. Task specialists come
-    before whole-call-site ones, so a request of a trained task reaches its own specialist first.
+    Of several versions with the same scope (agent, tool set, tasks) and status, the newest wins; a canary
+    comes before the live version of its scope (the requests outside its share go on to the live one). Task
+    specialists come before whole-call-site ones, so a request of a trained task reaches its own specialist
+    first.
     """
     if names:
         return [store.specialist(name) for name in names]
     chosen: dict[tuple[object, ...], Specialist] = {}
-    for status in ("live", "shadow"):
+    for status in ("canary", "live", "shadow"):
         for sp in sorted(store.specialists(status=status), key=lambda s: -(s.id or 0)):
             key = _scope_key(sp)
-            if key not in chosen:
-                chosen[key] = sp
-    return sorted(chosen.values(), key=lambda s: (not s.config.get("tasks"), -(s.id or 0)))
+            if status == "shadow" and any(k[1:] == key for k in chosen):
+                continue
+            if (status, *key) not in chosen:
+                chosen[(status, *key)] = sp
+    newest: dict[tuple[object, ...], int] = {}
+    for sp in chosen.values():
+        newest[_scope_key(sp)] = max(newest.get(_scope_key(sp), 0), sp.id or 0)
+    order = {"canary": 0, "live": 1, "shadow": 2}
+    return sorted(
+        chosen.values(),
+        key=lambda s: (not s.config.get("tasks"), -newest[_scope_key(s)], order[s.status], -(s.id or 0)),
+    )
 
 
 def _scope_key(sp: Specialist) -> tuple[object, ...]:
@@ -70,6 +82,7 @@ def load_router(
                 decider=decider_of(sp, value),
                 make_runtime=lambda sp=sp: factory(sp),  # type: ignore[misc]
                 shadow=sp.status == "shadow",
+                traffic=(sp.traffic if sp.traffic is not None else 0.1) if sp.status == "canary" else None,
             )
         )
     return Router(slots)

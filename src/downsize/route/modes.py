@@ -96,7 +96,8 @@ def set_mode(
         raise RouteModeError("--traffic applies only to canary mode")
     facts: dict[str, Any] = dict(evidence or {})
     why = reason
-    if mode in ("shadow", "canary", "live") and not force:
+    going_back = MODES.index(mode) < MODES.index(mode_of(sp))  # toward off: never gated
+    if mode in ("shadow", "canary", "live") and not force and not going_back:
         gate = promotion_gate(sp, "live" if mode == "live" else "shadow", target, min_served, rule=rule)
         if not gate.allowed:
             raise RouteModeError(
@@ -107,7 +108,7 @@ def set_mode(
         if mode == "live" and gate.threshold is not None and gate.threshold != sp.threshold:
             store.update_specialist(sp.id, threshold=gate.threshold)
         why = why or gate.reason
-    elif force:
+    elif force and not going_back:
         facts["forced"] = True
         why = why or f"forced to {mode} by {actor}"
     previous = mode_of(sp)
@@ -125,7 +126,7 @@ def routes_table(store: Store) -> list[dict[str, Any]]:
             by_task.setdefault(sp.task, []).append(sp)
     events = store.route_events()
     last: dict[int, dict[str, Any]] = {event["specialist_id"]: event for event in events}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for task, versions in sorted(by_task.items()):
         routed = [sp for sp in versions if mode_of(sp) != "off"]
         for sp in sorted(routed or versions[-1:], key=lambda s: -(s.id or 0)):

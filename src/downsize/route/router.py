@@ -10,7 +10,9 @@ specialists starts as fast as one with none. A request no slot's call site match
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import threading
 import time
 import uuid
@@ -43,6 +45,9 @@ class Slot:
     decider: Decider
     make_runtime: Callable[[], SpecialistRuntime]
     shadow: bool = False  # decide and log, never serve
+    traffic: float | None = (
+        None  # canary: the share of the task's traffic it answers (the rest goes upstream)
+    )
     _runtime: SpecialistRuntime | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -53,6 +58,26 @@ class Slot:
     @property
     def loaded(self) -> bool:
         return self._runtime is not None
+
+    @property
+    def mode(self) -> str:
+        return "shadow" if self.shadow else "canary" if self.traffic is not None else "live"
+
+    def takes(self, session: str | None) -> bool:
+        """Whether this request is in the slot's share of traffic: always, except for a canary, which takes
+        a session's every call or none (a workflow sees one system, so outcomes compare by workflow); calls
+        without a session are drawn one by one."""
+        if self.traffic is None:
+            return True
+        if session:
+            digest = hashlib.blake2b(f"{self.specialist.id}:{session}".encode(), digest_size=8).digest()
+            return int.from_bytes(digest) / 2**64 < self.traffic
+        return random.random() < self.traffic
+
+    def adopt(self, other: Slot) -> None:
+        """Keep another slot's loaded runtime when both serve the same specialist (a reload keeps models)."""
+        if other._runtime is not None and other.specialist.id == self.specialist.id:
+            self._runtime = other._runtime
 
     @property
     def runtime(self) -> SpecialistRuntime:
@@ -103,11 +128,18 @@ class Router:
         return [slot.specialist for slot in self.slots]
 
     def slot_for(
-        self, request: dict[str, Any], agent: str | None = None, task_hint: str | None = None
+        self,
+        request: dict[str, Any],
+        agent: str | None = None,
+        task_hint: str | None = None,
+        session: str | None = None,
     ) -> tuple[Slot | None, str | None]:
         """The slot that answers a request, or (the nearest slot, why it does not), or (None, None) when no
-        specialist's call site matches (the request is none of theirs: plain upstream)."""
+        specialist's call site matches (the request is none of theirs: plain upstream). A canary's request
+        outside its share goes on to the next slot of the task (an older live version), else upstream with
+        `canary_holdout`."""
         nearest: tuple[Slot | None, str | None] = (None, None)
+        held: Slot | None = None
         for slot in self.slots:
             if slot.scope.agent is not None and agent is not None and slot.scope.agent != agent:
                 continue
@@ -115,10 +147,13 @@ class Router:
                 continue
             why = slot.scope.task(request, agent, task_hint)
             if why is None:
-                return slot, None
+                if slot.takes(session):
+                    return slot, None
+                held = held or slot
+                continue
             if nearest[0] is None:
                 nearest = (slot, why)
-        return nearest
+        return (held, "canary_holdout") if held is not None else nearest
 
     def route(
         self,
@@ -126,10 +161,13 @@ class Router:
         agent: str | None = None,
         task_hint: str | None = None,
         dispatched: tuple[Slot | None, str | None] | None = None,
+        session: str | None = None,
     ) -> RouteOutcome:
         """Decide one request (`dispatched`: `slot_for`'s answer when the caller already asked it)."""
         started = time.perf_counter()
-        slot, why = dispatched if dispatched is not None else self.slot_for(request, agent, task_hint)
+        slot, why = (
+            dispatched if dispatched is not None else self.slot_for(request, agent, task_hint, session)
+        )
         if slot is None:
             return RouteOutcome(decision=None)
         specialist = slot.specialist

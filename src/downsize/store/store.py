@@ -6,7 +6,7 @@ response bodies are encrypted at rest (`downsize.store.crypto`) and decrypted tr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -335,13 +335,20 @@ class Store:
         is_hci: bool | None = None,
         limit: int | None = None,
         probes: bool = False,
+        since: str | None = None,
+        routes: Sequence[str] | None = None,
     ) -> Iterator[Exchange]:
         """Exchanges in insertion order, filtered by the given columns. A consistency probe's second answer
-        (route `probe`) is left out unless `probes`: it is never trained, discovered or evaluated on."""
+        (route `probe`) is left out unless `probes` (or `routes` names it): it is never trained, discovered or
+        evaluated on. `since`: stored at or after this ISO time; `routes`: only these routes."""
         q = select(schema.exchanges).order_by(schema.exchanges.c.id)
-        if not probes:
-            route = schema.exchanges.c.route
+        route = schema.exchanges.c.route
+        if routes is not None:
+            q = q.where(route.in_(list(routes)))
+        elif not probes:
             q = q.where(or_(route.is_(None), route != PROBE_ROUTE))
+        if since is not None:
+            q = q.where(schema.exchanges.c.created_at >= since)
         for col, value in (
             ("source", source),
             ("split", split),
@@ -363,6 +370,48 @@ class Store:
             q = q.where(schema.exchanges.c[col] == value)
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
+
+    def decisions_of(self, specialist_id: int, since: str | None = None) -> list[dict[str, Any]]:
+        """A specialist's route decisions (stored at or after `since`) with their exchange's time, agent,
+        session and reported outcome: what rollback and the report read."""
+        d, e = schema.route_decisions, schema.exchanges
+        q = (
+            select(
+                d.c.exchange_id,
+                d.c.served,
+                d.c.reason,
+                d.c.confidence,
+                d.c.latency_ms,
+                e.c.created_at,
+                e.c.agent,
+                e.c.session,
+                e.c.outcome,
+            )
+            .join(e, e.c.id == d.c.exchange_id)
+            .where(d.c.specialist_id == specialist_id)
+            .order_by(d.c.id)
+        )
+        if since is not None:
+            q = q.where(e.c.created_at >= since)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def session_outcomes(self, agent: str | None, since: str | None = None) -> dict[str, tuple[float, bool]]:
+        """{session: (its reported outcome, whether any of its calls was served by a specialist)} for the
+        agent's sessions with an outcome (stored at or after `since`)."""
+        e = schema.exchanges
+        served = func.max(case((e.c.route.like("specialist:%"), 1), else_=0))
+        q = (
+            select(e.c.session, func.max(e.c.outcome), served)
+            .where(e.c.session.is_not(None), e.c.outcome.is_not(None))
+            .group_by(e.c.session)
+        )
+        if agent is not None:
+            q = q.where(e.c.agent == agent)
+        if since is not None:
+            q = q.where(e.c.created_at >= since)
+        with self.engine.connect() as conn:
+            return {row[0]: (float(row[1]), bool(row[2])) for row in conn.execute(q)}
 
     def route_decisions(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
