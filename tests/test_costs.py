@@ -278,6 +278,16 @@ def test_the_estimate_and_the_unpriced_are_reported(store: Store) -> None:
     assert estimate["prompt_tokens"] == 4000 + round(16489 / 4)
     assert estimate["completion_tokens"] == 20 + round(41 / 4)
     assert "estimated" in estimate["how"] and "estimated" in report["measured_on"]
+    (ratio,) = estimate["ratios"]  # the one measured ratio used: tau-airline's gpt-4o calls
+    assert (ratio["basis"], ratio["agent"], ratio["model"], ratio["calls"]) == (
+        "agent_model",
+        "tau-airline",
+        "gpt-4o",
+        2,  # the shadow call and the probe
+    )
+    assert ratio["prompt_tokens_per_char"] == pytest.approx(4000 / 16489)
+    assert ratio["completion_tokens_per_char"] == pytest.approx(20 / 41)
+    assert ratio["cached_share"] == pytest.approx(1 / 8)
     assert report["unpriced_models"] == {"my-private-model": 1}
     assert report["per_month"] is None  # never extrapolated unless asked
 
@@ -326,6 +336,10 @@ def test_the_command_prints_the_table(store: Store) -> None:
     assert row.split() == ["task-a", "1", "0.0096", "0.0024", "0.0089", "-0.0018", "1", "0.0102", "48.4%"]
     assert next(line for line in lines if line.startswith("all ")).split()[1] == "3"
     assert "ESTIMATED" in result.output and "my-private-model (1)" in result.output
+    assert (
+        "measured on tau-airline / gpt-4o's 2 upstream calls: 0.243 prompt and 0.488 completion"
+        in result.output
+    )
     assert "PROJECTION" not in result.output
 
 

@@ -360,3 +360,34 @@ def test_workflow_outcomes_roll_back_only_against_the_llm_only_baseline(store: S
     verdict = check(store, store.specialist(sp.id), limits)
     assert verdict.evidence["success_llm_only"] == round(11 / 12, 4)
     assert verdict.roll_back and "workflow success 3/12" in verdict.reason
+
+
+def test_savings_endpoint_counts_served_calls(stub: StubUpstream, store: Store) -> None:
+    sp = _specialist(store)
+    set_mode(store, sp.task, "live")
+    config, app = _gateway(stub, store, Scripted(AGREEING))
+    with RunningServer(config, app) as url:
+        for _ in range(3):
+            _post(f"{url}/v1/chat/completions", {"model": "gpt-4o", "messages": MESSAGES})  # text: upstream
+        for i in range(5):
+            assert _chat(url, session=f"s{i}")[2] == f"specialist:{sp.id}"
+
+        def get(path: str) -> tuple[int, Any]:
+            try:
+                with urllib.request.urlopen(
+                    urllib.request.Request(url + path, headers=AUTH), timeout=10
+                ) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+
+        status, figures = get("/v1/downsize/savings")
+        assert status == 200 and figures["overall"]["calls_served"] == 5
+        assert (
+            figures["overall"]["calls_upstream"] == 3 and figures["overall"]["upstream_cost_avoided_usd"] > 0
+        )
+        assert figures["by_task"][sp.task]["calls_served"] == 5
+        status, later = get("/v1/downsize/savings?since=2999-01-01T00:00:00%2B00:00")
+        assert status == 200 and later["overall"]["calls_served"] == 0
+        status, refused = get("/v1/downsize/savings?since=yesterday")
+        assert status == 400 and "ISO time" in refused["error"]["message"]

@@ -57,6 +57,13 @@ def describe(report: dict[str, Any]) -> str:
         f"tokens of served calls are ESTIMATED ({estimate['prompt_tokens']:,} prompt, "
         f"{estimate['completion_tokens']:,} completion; basis: {basis}): {estimate['how']}."
     )
+    for r in estimate["ratios"]:
+        who = f"{r['agent'] or 'any agent'} / {r['model']}"
+        notes.append(
+            f"measured on {who}'s {r['calls']} upstream calls: {r['prompt_tokens_per_char']:.3f} prompt and "
+            f"{r['completion_tokens_per_char']:.3f} completion tokens a character, {r['cached_share']:.0%} of "
+            "the prompt cached."
+        )
     if estimate["upstream_calls_estimated"]:
         notes.append(
             f"{estimate['upstream_calls_estimated']} upstream calls had no usage: estimated the same way."

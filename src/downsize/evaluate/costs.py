@@ -80,6 +80,20 @@ class TokenEstimate:
     prompt_tokens: int = 0  # estimated, over the priced served calls
     completion_tokens: int = 0
     upstream_calls_estimated: int = 0  # upstream calls that came back without usage, estimated the same way
+    ratios: list[MeasuredRatio] = field(default_factory=list)  # the measured ratios the estimates used
+
+
+@dataclass
+class MeasuredRatio:
+    """Tokens per character measured on one agent's (or, basis `model`, every agent's) upstream calls."""
+
+    basis: str  # agent_model | model
+    agent: str | None
+    model: str | None
+    calls: int  # upstream calls measured
+    prompt_tokens_per_char: float
+    completion_tokens_per_char: float
+    cached_share: float  # of prompt tokens
 
 
 @dataclass
@@ -105,6 +119,7 @@ class SavingsReport:
 
 @dataclass
 class _Ratio:
+    calls: int = 0
     prompt_chars: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -166,12 +181,14 @@ class _Estimator:
     def __init__(self, exchanges: list[Exchange]) -> None:
         self.by_agent_model: dict[tuple[str | None, str | None], _Ratio] = defaultdict(_Ratio)
         self.by_model: dict[str | None, _Ratio] = defaultdict(_Ratio)
+        self.used: dict[tuple[str, str | None, str | None], _Ratio] = {}
         for ex in exchanges:
             if not _measured(ex):
                 continue
             model = asked_model(ex)
             p_chars, c_chars = prompt_chars(ex.request), completion_chars(ex.response)
             for ratio in (self.by_agent_model[(ex.agent, model)], self.by_model[model]):
+                ratio.calls += 1
                 ratio.prompt_chars += p_chars
                 ratio.prompt_tokens += ex.prompt_tokens or 0
                 ratio.cached_tokens += cached_tokens(ex)
@@ -187,10 +204,26 @@ class _Estimator:
             ("model", self.by_model.get(model)),
         ):
             if ratio is not None and ratio.prompt_chars > 0 and ratio.completion_chars > 0:
+                self.used[(basis, ex.agent if basis == "agent_model" else None, model)] = ratio
                 prompt = p_chars * ratio.prompt_tokens / ratio.prompt_chars
                 completion = c_chars * ratio.completion_tokens / ratio.completion_chars
                 return prompt, completion, prompt * ratio.cached_tokens / ratio.prompt_tokens, basis
         return p_chars / DEFAULT_CHARS_PER_TOKEN, c_chars / DEFAULT_CHARS_PER_TOKEN, 0.0, "default"
+
+    def measured(self) -> list[MeasuredRatio]:
+        """The ratios the estimates used, each once."""
+        return [
+            MeasuredRatio(
+                basis=basis,
+                agent=agent,
+                model=model,
+                calls=r.calls,
+                prompt_tokens_per_char=r.prompt_tokens / r.prompt_chars,
+                completion_tokens_per_char=r.completion_tokens / r.completion_chars,
+                cached_share=r.cached_tokens / r.prompt_tokens,
+            )
+            for (basis, agent, model), r in sorted(self.used.items(), key=lambda kv: str(kv[0]))
+        ]
 
 
 def _since_text(since: str | datetime | None) -> str | None:
@@ -313,6 +346,7 @@ def measure_savings(
 
     for figures in (overall, *by_task.values(), *by_agent.values()):
         figures.finish(rate)
+    estimate.ratios = estimator.measured()
     first_call, last_call = (min(window), max(window)) if window else (None, None)
     report = SavingsReport(
         schema_version=SCHEMA_VERSION,

@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -146,6 +147,32 @@ class AdminEndpoints:
                 ],
             }
         )
+
+    async def savings(self, request: Request) -> Response:
+        """What the specialists saved, measured on served traffic (`evaluate/costs.py`; reader or admin).
+        `?since=ISO-TIME` counts only calls stored from then on."""
+        from downsize.evaluate.costs import savings
+
+        denied = self.auth.check(request.headers.get("authorization"), READ_LOGS)
+        if denied is not None:
+            return denied
+        since = request.query_params.get("since")
+        if since is not None:
+            try:
+                datetime.fromisoformat(since)
+            except ValueError:
+                return error_response(
+                    400,
+                    f"since must be an ISO time such as 2026-12-01T00:00:00+00:00, not {since!r}",
+                    "since",
+                )
+        try:
+            figures = await asyncio.to_thread(savings, self.store, since=since)
+        except StoreError as exc:
+            return error_response(500, str(exc), type_="server_error", code="store_error")
+        except DownsizeError as exc:  # a bad price file or `since`: say what to fix
+            return error_response(400, str(exc), param="since" if since else None)
+        return JSONResponse(figures)
 
     # -- routing modes ------------------------------------------------------------------------------------
 

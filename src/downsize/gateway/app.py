@@ -707,6 +707,7 @@ def create_app(
             Route("/v1/downsize/specialists", admin.specialists, methods=["GET"]),
             Route("/v1/downsize/routes", admin.routes, methods=["GET"]),
             Route("/v1/downsize/routes", admin.set_route, methods=["POST"]),
+            Route("/v1/downsize/savings", admin.savings, methods=["GET"]),
         ],
         middleware=middleware,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
