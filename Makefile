@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	# llama.cpp serving engine (--engine llamacpp); compiles from source once (~9 min), then pip's wheel cache
 	# (LLAVA_BUILD=OFF: the multimodal library is never used and is a third of the compile)
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF $(CMAKE_ARGS)" $(PY) -m pip install -q -e '.[serve]'
+	# headless Chromium for the report's browser test (Debian's package; the test skips without it)
+	command -v chromium >/dev/null || (apt-get install -y -q chromium || echo "chromium not installed: the report's browser test will be skipped")
 	touch $(STAMP)
 
 install: $(STAMP)

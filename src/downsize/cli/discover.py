@@ -61,7 +61,10 @@ def discover(config_file: Path | None, as_json: bool, db: str | None, no_map: bo
         f"({report['signatures']} signatures, {report['outliers']} outliers); "
         + ", ".join(f"{k} {v:.1f} s" for k, v in report["seconds"].items())
     )
-    click.echo(render_tasks(result.tasks, limit=15))
+    from downsize.discover.names import task_names
+
+    names = task_names(store, report["run_id"])
+    click.echo(render_tasks([{**t, "name": names.get(t["task_key"])} for t in result.tasks], limit=15))
     click.echo(f"assigner: {report['assigner_path']}")
     if report.get("map_path"):
         click.echo(f"map: {report['map_path']}")

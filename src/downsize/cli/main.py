@@ -44,6 +44,7 @@ def _register() -> None:
     from downsize.cli.discover import discover, tasks
     from downsize.cli.imports import register as register_imports
     from downsize.cli.models import models
+    from downsize.cli.report import report
     from downsize.cli.routing import route
     from downsize.cli.serving import demo, probes, serve, specialist_worker
     from downsize.cli.sites import sites
@@ -65,6 +66,7 @@ def _register() -> None:
         specialists,
         serve,
         probes,
+        report,
         savings,
     ):
         main.add_command(command)
