@@ -315,6 +315,12 @@ def test_since_and_the_labelled_projection(store: Store) -> None:
     assert later["overall"]["calls_served"] == 0 and later["overall"]["calls_upstream"] == 1
     assert later["overall"]["upstream_spend_usd"] == pytest.approx(GPT41_SPEND)
     assert later["by_task"] == {}
+    assert later["since"] == "2026-12-02T00:00:00.000+00:00"  # a date is midnight UTC
+    # 09:00 at UTC-2 is 11:00 UTC, after the last call; 11:00 at UTC+2 is 09:00 UTC, before it
+    assert savings(store, since="2026-12-02T09:00:00-02:00")["overall"]["calls_upstream"] == 0
+    assert savings(store, since="2026-12-02T11:00:00+02:00")["overall"]["calls_upstream"] == 1
+    with pytest.raises(ConfigError, match="since must be an ISO time"):
+        savings(store, since="yesterday")
     month = savings(store, hourly_usd=HOURLY, per_month=True)["per_month"]
     assert month["label"].startswith("projection, not a measurement")
     assert month["measured_days"] == pytest.approx(1.0)  # 2026-12-01T10:00:00 .. 2026-12-02T10:00:00

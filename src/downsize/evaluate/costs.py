@@ -20,10 +20,11 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from downsize.errors import ConfigError
 from downsize.evaluate.probe import pair_probes
 from downsize.pricing import PriceTable, load_prices
 from downsize.shapes import response_message
@@ -227,9 +228,19 @@ class _Estimator:
 
 
 def _since_text(since: str | datetime | None) -> str | None:
+    """`since` in the stored form (UTC, milliseconds), so that it compares as text with `created_at`; a
+    time without a zone is UTC."""
     if since is None:
         return None
-    return since.isoformat(timespec="milliseconds") if isinstance(since, datetime) else str(since)
+    if isinstance(since, str):
+        try:
+            since = datetime.fromisoformat(since)
+        except ValueError as exc:
+            raise ConfigError(
+                f"since must be an ISO time such as 2026-12-01 or 2026-12-01T08:00:00+00:00, not {since!r}"
+            ) from exc
+    moment = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds")
 
 
 def _days_between(first: str, last: str) -> float:
