@@ -37,6 +37,7 @@ LAYERS = {
     "route": 5,
     "gateway": 6,
     "demo": 6,
+    "flywheel": 6,
     "report": 6,
     "cli": 7,
 }

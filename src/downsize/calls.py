@@ -4,6 +4,12 @@ Training, the task gate's fit, the copied-argument rules, calibration and evalua
 the same data. With `curated`, every exchange comes from the newest (or a named) curation run's masked view:
 nothing fitted for a curated specialist ever sees an unmasked value. Splits are placed when exchanges are
 stored (`splits.py`); exchanges stored before that are placed here on first use.
+
+Only the teacher's answers are selected: a call a specialist served (route `specialist:<id>`) holds the
+student's own answer and a consistency probe's second answer (route `probe`) repeats a call, so neither is
+ever a target. A call the LLM answered after a specialist fell back, or beside a shadow specialist (route
+`fallback:<reason>`), holds the LLM's answer and is selected like any other: that is how the flywheel learns
+from the calls its specialists could not take.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from downsize.store import Store
 from downsize.types import Exchange
 
 ROLES = ("train", "validation", "test", "dev")
+SERVED_PREFIX = "specialist:"  # the route of a call a specialist answered (`RouteDecision.route`)
 
 
 @dataclass(frozen=True)
@@ -73,9 +80,12 @@ def select_calls(store: Store, selection: CallSelection) -> Selected:
         masked = {row["exchange_id"]: row for row in view.curated_rows(store, run_id, kept=True)}
     out: list[Exchange] = []
     counts = {"stored": 0, "other_role": 0, "other_kind": 0, "other_task": 0, "other_tools": 0}
-    counts.update({"hci": 0, "not_curated": 0})
+    counts.update({"hci": 0, "not_curated": 0, "specialist_answer": 0})
     for ex in store.exchanges(source=selection.source, split=split, agent=selection.agent):
         counts["stored"] += 1
+        if not teacher_answered(ex):
+            counts["specialist_answer"] += 1
+            continue
         if kinds is not None and ex.response_kind not in kinds:
             counts["other_kind"] += 1
             continue
@@ -108,6 +118,11 @@ def select_calls(store: Store, selection: CallSelection) -> Selected:
             break
     counts["selected"] = len(out)
     return Selected(out, selection, run_id, counts)
+
+
+def teacher_answered(ex: Exchange) -> bool:
+    """Whether the stored response is the LLM's: not a specialist's served answer (`specialist:<id>`)."""
+    return not (ex.route or "").startswith(SERVED_PREFIX)
 
 
 def _task_members(store: Store, selection: CallSelection) -> set[int]:

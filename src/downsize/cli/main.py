@@ -72,6 +72,9 @@ def _register() -> None:
         main.add_command(command)
     main.add_command(specialist_worker)
     main.add_command(demo)
+    from downsize.cli.flywheel import flywheel
+
+    main.add_command(flywheel)
 
 
 _register()

@@ -1,0 +1,208 @@
+"""The flywheel on real tau-airline calls at tiny size: a `downsize flywheel --once` process killed during
+training and resumed without repeating a finished step, one pass end to end, retraining when a unit's data
+changes (with its task keys kept), the live version kept when the new one fails its gate, and the rule for
+which logged answers may be training targets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from downsize.calls import CallSelection, select_calls
+from downsize.config import EvalConfig, TrainConfig
+from downsize.curate.config import CurateConfig
+from downsize.discover.config import DiscoverConfig
+from downsize.discover.runs import discovery_runs
+from downsize.flywheel import FlywheelBusy, FlywheelConfig, due, run_flywheel
+from downsize.flywheel.runs import flywheel_runs
+from downsize.importers.tau_airline import import_tau_airline
+from downsize.route.modes import set_mode
+from downsize.store import Store
+from downsize.store.runs import all_runs
+from downsize.store.schema import curation_runs
+from downsize.types import PROBE_ROUTE
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tau-airline"
+FIRST = (*range(0, 10), 35, 36)  # dev task ids 0-9, test 35-36
+MORE = tuple(range(10, 16))  # six more dev tasks arrive before the second run
+
+SETTINGS: dict[str, Any] = {
+    "max_minutes": 5,
+    "curate": {"pii": False},
+    "discover": {"embedder": "lsa", "map": False},
+    "train": {
+        "curated": True,
+        "max_tokens": 200,
+        "batch_size": 4,
+        "max_prompt_tokens": 96,
+        "max_message_tokens": 48,
+    },
+    "eval": {"limit": 8},
+}
+
+
+def tiny_config() -> FlywheelConfig:
+    return FlywheelConfig(
+        max_minutes=SETTINGS["max_minutes"],
+        curate=CurateConfig(**SETTINGS["curate"]),
+        discover=DiscoverConfig(**SETTINGS["discover"]),
+        train=TrainConfig(**SETTINGS["train"]),
+        eval=EvalConfig(**SETTINGS["eval"]),
+    )
+
+
+def tau_slice(folder: Path, task_ids: tuple[int, ...]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = json.loads((DATA / "trajectories-gpt-4o.json").read_text())
+    (folder / "trajectories-gpt-4o.json").write_text(
+        json.dumps([r for r in runs if r["task_id"] in task_ids])
+    )
+    for name in ("tools.json", "policy.md"):
+        shutil.copy(DATA / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The student's GGUF is converted once for the module (20-40 s), not per process."""
+    path = tmp_path_factory.getbasetemp() / "models"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def shared_models(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOWNSIZE_MODELS", str(models_dir))
+
+
+def _wait_for(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- the training-data rule ----------------------------------------------------------------------------
+
+
+def test_fallbacks_and_shadow_calls_train_served_answers_and_probes_never(tmp_path: Path) -> None:
+    """A call the LLM answered after a fallback or beside a shadow specialist holds the LLM's answer: a
+    training target. A call a specialist served holds the student's own answer, and a probe repeats a call:
+    neither is ever selected."""
+    store = Store.open(f"sqlite:///{tmp_path / 'rule.db'}")
+    import_tau_airline(store, tau_slice(tmp_path / "tau", (0, 1)))
+    logged = [ex for ex in store.exchanges(source="tau-airline") if ex.response_kind == "tool_call"][:5]
+    routes = ["fallback:low_confidence", "fallback:shadow", "specialist:7", PROBE_ROUTE, "upstream"]
+    for ex, route in zip(logged, routes, strict=True):
+        ex.id, ex.source, ex.source_key, ex.route = None, "gateway", None, route
+        ex.session = f"gw-{route}"
+    store.add_exchanges(logged)
+    chosen = select_calls(store, CallSelection(source="gateway"))
+    assert sorted(ex.route for ex in chosen.exchanges if ex.route) == [
+        "fallback:low_confidence",
+        "fallback:shadow",
+        "upstream",
+    ]
+    assert chosen.counts["specialist_answer"] == 1  # the probe is left out by the store itself
+    from downsize.train.data import training_exchanges
+
+    trained = training_exchanges(store, TrainConfig(source="gateway"), role="dev")
+    assert {ex.route for ex in trained} <= {"fallback:low_confidence", "fallback:shadow", "upstream"}
+
+
+# -- the flywheel ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_flywheel_resumes_after_a_kill_retrains_on_new_data_and_keeps_the_live_route(
+    tmp_path: Path, downsize_home: Path, models_dir: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'flywheel.db'}"
+    store = Store.open(url)
+    import_tau_airline(store, tau_slice(tmp_path / "first", FIRST))
+    assert due(store, tiny_config()) == "first"
+
+    # 1. `downsize flywheel --once` in a process of its own, killed (SIGKILL) while it trains
+    (tmp_path / "flywheel.yaml").write_text(yaml.safe_dump(SETTINGS))
+    env = {**os.environ, "DOWNSIZE_HOME": str(downsize_home), "DOWNSIZE_MODELS": str(models_dir)}
+    command = [sys.executable, "-m", "downsize.cli.main", "flywheel", "--once"]
+    command += ["--config", str(tmp_path / "flywheel.yaml"), "--db", url]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+
+        def training() -> str | None:
+            runs = flywheel_runs(store)
+            current = (runs[0]["state"] or {}).get("current") if runs else None
+            return current if current and current.startswith("train:") else None
+
+        step = _wait_for(training, 240, "the flywheel to start training")
+        with pytest.raises(FlywheelBusy, match="is running"):  # a second flywheel waits for a live one
+            run_flywheel(store, tiny_config())
+        time.sleep(2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL, err
+    crashed = flywheel_runs(store)[0]
+    assert crashed["status"] == "running" and crashed["state"]["done"] == ["curate", "discover", "plan"]
+    assert store.specialists() == []  # killed before the specialist was registered
+    assert due(store, tiny_config()) == "resume"
+
+    # 2. the next run resumes it: curation and discovery are not repeated, the unit is trained once
+    lines: list[str] = []
+    report = run_flywheel(store, tiny_config(), say=lines.append)
+    assert report.status == "done" and report.trigger == f"resume:{crashed['id']}"
+    assert report.resumed_from == crashed["id"]
+    first, second = flywheel_runs(store)[1], flywheel_runs(store)[0]
+    assert first["status"] == "failed" and "resumed as run" in first["report"]["error"]
+    assert second["status"] == "done" and second["finished_at"]
+    assert len(all_runs(store, curation_runs)) == 1 and len(discovery_runs(store)) == 1
+    assert report.steps["curate"] == crashed["state"]["steps"]["curate"]
+    unit = step.removeprefix("train:")
+    assert [f"{name}:{unit}" in report.steps for name in ("train", "evaluate", "promote")] == [True] * 3
+    assert any(line.startswith("  train ") and unit in line for line in lines)  # one line per step
+    assert any(line.startswith("  curate ") and "before the restart" in line for line in lines)
+    v1 = store.specialists()
+    assert len(v1) == 1 and v1[0].metrics["flywheel"]["unit"] == unit
+    assert report.units[unit]["outcome"] in ("candidate", "shadow", "live")
+
+    # 3. nothing changed: a run retrains nothing
+    again = run_flywheel(store, replace(tiny_config(), units=[unit]))
+    plan = again.steps["plan"]["units"]
+    assert [u["why"] for u in plan if u["unit"] == unit] == ["unchanged"] and not again.units
+
+    # 4. the first version is live (forced: a 200-token student passes no gate); more calls arrive; the
+    # next run keeps the task keys of the tasks that persist, retrains the unit, and its new version fails
+    # the gate: the live version keeps the route
+    set_mode(store, v1[0], "live", force=True, actor="test", reason="the test routes it")
+    import_tau_airline(store, tau_slice(tmp_path / "more", FIRST + MORE))
+    assert (
+        due(store, replace(tiny_config(), every_exchanges=100))
+        == f"exchanges:{store.count_exchanges() - 641}"
+    )
+    third = run_flywheel(store, replace(tiny_config(), units=[unit]), trigger="exchanges")
+    keys = third.steps["discover"]["keys"]
+    assert keys["previous_run"] is not None and keys["kept"] > 0
+    assert third.units[unit]["why"] == "data changed"
+    outcome = third.units[unit]["outcome"]
+    assert outcome == f"kept live version {v1[0].id}", third.units[unit]
+    versions = {sp.id: sp.status for sp in store.specialists()}
+    assert versions[v1[0].id] == "live" and len(versions) == 2
+    new_id = max(versions)
+    assert versions[new_id] == "candidate"
+    events = store.route_events()
+    assert not [e for e in events if e["specialist_id"] == v1[0].id and e["to_mode"] == "retired"]
