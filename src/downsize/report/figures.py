@@ -20,6 +20,7 @@ from downsize.discover import runs
 from downsize.discover.names import task_names
 from downsize.errors import DownsizeError
 from downsize.evaluate.probe import answers_agree, pair_probes
+from downsize.evaluate.promotion import GateResult, served_on_test
 from downsize.route.modes import mode_of
 from downsize.sites import short_hash
 from downsize.store import Store, schema
@@ -45,6 +46,46 @@ class TaskRow:
 
 
 @dataclass
+class TestCoverage:
+    """What a specialist serves on its eval's test split at the thresholds it routes with: the promotion's (per
+    risk tier, where promotion set them) else the eval's calibrated one."""
+
+    served: int
+    agreed: int
+    calls: int  # the test calls the teacher answered in the specialist's kind: the share's denominator
+    how: str
+
+    @property
+    def share(self) -> float:
+        return self.served / self.calls if self.calls else 0.0
+
+
+def test_coverage(specialist: Specialist, report: EvalReport) -> TestCoverage | None:
+    """The specialist's test coverage (None when its eval has no test calls of its kind)."""
+    promotion = specialist.metrics.get("promotion")
+    if isinstance(promotion, dict) and promotion.get("to") in ("shadow", "canary", "live"):
+        gate = GateResult(True, str(promotion.get("reason") or ""), promotion, specialist.threshold)
+        found = served_on_test(report, gate)
+        if found is not None and found[2]:
+            served, agreed, calls = found
+            return TestCoverage(
+                served,
+                agreed,
+                calls,
+                f"eval test split at the promoted thresholds ({promotion.get('rule', 'strict')} rule)",
+            )
+    at = report.test.at_threshold
+    if not at.tool_calls:
+        return None
+    how = (
+        f"eval test split at threshold {report.threshold:.3g}"
+        if isinstance(report.threshold, int | float)
+        else "eval test split (no threshold: serves nothing)"
+    )
+    return TestCoverage(at.served, at.agreed, at.tool_calls, how)
+
+
+@dataclass
 class SpecialistFigures:
     id: int
     name: str
@@ -53,6 +94,7 @@ class SpecialistFigures:
     threshold: float | None
     report: dict[str, Any] | None  # the eval report as a dict (curves.py draws it); None: never evaluated
     tasks: list[str] = field(default_factory=list)
+    coverage: TestCoverage | None = None
 
 
 @dataclass
@@ -214,6 +256,7 @@ def _specialist(sp: Specialist) -> SpecialistFigures:
         threshold=sp.threshold,
         report=report.to_dict() if report else None,
         tasks=list(SpecialistScope.of(sp).tasks),
+        coverage=test_coverage(sp, report) if report else None,
     )
 
 
@@ -346,19 +389,11 @@ def _conversions(
             )
             continue
         report = EvalReport.of(sp) if sp is not None else None
-        if report is not None and report.test.calls:
-            at = report.test.at_threshold
+        coverage = test_coverage(sp, report) if sp is not None and report is not None else None
+        if coverage is not None:
             out.append(
                 Conversion(
-                    t.key,
-                    t.name,
-                    t.volume,
-                    at.served_share,
-                    at.tool_calls,  # served_share's denominator: the test calls the teacher answered in kind
-                    f"eval test split at threshold {report.threshold:.3g}"
-                    if isinstance(report.threshold, int | float)
-                    else "eval test split (no threshold: serves nothing)",
-                    t.specialist,
+                    t.key, t.name, t.volume, coverage.share, coverage.calls, coverage.how, t.specialist
                 )
             )
             continue

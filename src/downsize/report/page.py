@@ -120,12 +120,12 @@ def _specialists_section(f: ReportFigures) -> str:
         if sp.report is None:
             parts.append('<p class="empty">not evaluated: `downsize eval` draws its curve.</p>')
             continue
-        at = (sp.report.get("test") or {}).get("at_threshold") or {}
-        if at.get("tool_calls"):
+        cov = sp.coverage
+        if cov is not None:
             parts.append(
-                f'<p class="facts">test split at the threshold: served {at.get("served", 0)} of '
-                f"{at['tool_calls']} calls the teacher answered in kind ({_pct(at.get('served_share'))}), "
-                f"{at.get('agreed', 0)} of them agreeing with the teacher ({_pct(at.get('agreement'))}).</p>"
+                f'<p class="facts">{_e(cov.how)}: served {cov.served} of {cov.calls} calls the teacher answered '
+                f"in kind ({_pct(cov.share)}), {cov.agreed} of them agreeing with the teacher"
+                f" ({_pct(cov.agreed / cov.served if cov.served else None)}).</p>"
             )
         ceiling = (sp.report.get("teacher_ceiling") or {}).get("agreement")
         parts.append(
