@@ -191,7 +191,8 @@ def _changes_section(f: ReportFigures) -> str:
     rollbacks = classes.count("rollback")
     head = ["when", "task", "specialist", "from → to", "actor", "reason"]
     return (
-        f'<p class="facts">{len(rows)} changes, {rollbacks} automatic rollbacks (highlighted).</p>'
+        f'<p class="facts">{len(rows)} change{"s" if len(rows) != 1 else ""}, {rollbacks} automatic '
+        f"rollback{'s' if rollbacks != 1 else ''} (highlighted).</p>"
         + _table(head, rows, {0, 1, 2, 3, 4, 5}, classes)
     )
 
