@@ -28,7 +28,7 @@ from downsize.report.figures import gather
 from downsize.report.page import write_report
 from downsize.shapes import response_message, tool_calls
 from downsize.store import Store
-from downsize.types import Exchange, RouteDecision, Specialist, ToolCall
+from downsize.types import PROBE_ROUTE, Exchange, RouteDecision, Specialist, ToolCall
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 KEEP = set(range(0, 10)) | {35, 36, 40, 46}  # ten dev workflows, four test ones (replayed as gateway traffic)
@@ -123,6 +123,24 @@ def _replay(store: Store, specialist_id: int) -> dict[str, Any]:
         replayed.route = decision.route  # as the gateway stores it
         items.append((replayed, decision, specialist_id))
     store.record_many(items)
+    # the LLM asked again about the first two served calls (consistency probe): it agrees once, not the other time
+    served = [ex for ex, d, _ in items if d is not None and d.served][:2]
+    for n, first in enumerate(served):
+        answer = (
+            first.response if n == 0 else {"choices": [{"message": {"role": "assistant", "content": "ok"}}]}
+        )
+        probe = Exchange(
+            request=first.request,
+            response=answer,
+            source="gateway",
+            agent=first.agent,
+            session=first.session,
+            route=PROBE_ROUTE,
+            response_kind="tool_call" if n == 0 else "text",
+            created_at=first.created_at,
+        )
+        store.record_many([(probe, None, None)])
+    expected["probes"] = (2, 1)
     return expected
 
 
@@ -264,6 +282,8 @@ def test_report_content_matches_the_store(built: dict[str, Any]) -> None:
     assert figures.decisions == expected["decisions"] and figures.served == expected["served"]
     assert (figures.shadow_pairs, figures.shadow_agreed) == (expected["shadow"], expected["shadow_agreed"])
     assert figures.fallbacks == expected["fallbacks"]
+    assert (figures.probe_pairs, figures.probe_agreed) == expected["probes"]
+    assert "served calls checked by the LLM: 1/2 agreed" in page
     assert figures.bucket_unit == "hour" and len(figures.buckets) == 4  # 48 calls, 4 minutes apart, from 9:00
     served = expected["served"]
     assert f"{expected['decisions']} decisions, {served} served" in page
@@ -312,6 +332,38 @@ def test_cli_report_and_empty_store(built: dict[str, Any], tmp_path: Path) -> No
     assert (
         listed.exit_code == 0 and f"Airline agent · {TOOL}" in listed.output
     )  # `downsize tasks` names them too
+
+
+def test_coverage_at_the_promoted_thresholds() -> None:
+    """A specialist promoted by risk tier serves, on the test split, what each tier's threshold serves there."""
+    from downsize.artifacts import EvalReport
+    from downsize.report.figures import test_coverage
+
+    tiers = {"read_only": {"curve": CURVE}, "strict": {"curve": CURVE}}
+    report = EvalReport.from_dict({**EVAL, "threshold": None, "calibration": {"test_tiers": tiers}})
+    promotion = {"to": "live", "rule": "parity", "tier_thresholds": {"read_only": -0.5, "strict": None}}
+    sp = Specialist("s", "t", "b", "a", {}, "0", metrics={"promotion": promotion, "eval": EVAL})
+    coverage = test_coverage(sp, report)
+    assert coverage is not None and (coverage.served, coverage.agreed, coverage.calls) == (32, 29, 40)
+    assert coverage.how == "eval test split at the promoted thresholds (parity rule)"
+    unpromoted = test_coverage(Specialist("s", "t", "b", "a", {}, "0"), EvalReport.from_dict(EVAL))
+    assert unpromoted is not None and (unpromoted.served, unpromoted.calls) == (14, 40)
+    assert unpromoted.how == "eval test split at threshold -0.5"
+
+
+def test_report_before_discovery_says_what_to_run(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'small.db'}")
+    request = {"model": "gpt-4o", "messages": [{"role": "system", "content": "You are a poet."}]}
+    answer = {"choices": [{"message": {"role": "assistant", "content": "roses"}}]}
+    store.add_exchanges([Exchange(request=request, response=answer, source="gateway", response_kind="text")])
+    page = write_report(store, tmp_path / "small.html").read_text()
+    assert (
+        "run `downsize discover`" in page and "no specialist yet" in page and "no routed traffic yet" in page
+    )
+    assert (
+        "savings: not measured" not in page
+    )  # one gateway call: the cost model measures it (nothing served)
+    assert "no mode change yet" in page
 
 
 # -- in a browser -----------------------------------------------------------------------------------------
