@@ -176,10 +176,9 @@ def gather(store: Store, progress: Progress | None = None) -> ReportFigures:
         say(f"tasks of discovery run {figures.run_id}: naming them from their prompts")
         _tasks(store, figures, specialists)
         task_of = {ex_id: key for ex_id, (key, _c) in runs.exchange_tasks(store, figures.run_id).items()}
-    say(f"specialists: {len(specialists)}")
-    figures.specialists = [
-        _specialist(sp) for sp in specialists if sp.status != "retired" or EvalReport.of(sp)
-    ]
+    in_use = [sp for sp in specialists if sp.status != "retired"]  # a retired version's curve is history
+    say(f"specialists: {len(in_use)} in use, {len(specialists) - len(in_use)} retired")
+    figures.specialists = [_specialist(sp) for sp in in_use]
     say("routing: decisions, shadow checks and probes over time")
     taken = _routing(store, figures, specialists, task_of)
     figures.events = store.route_events()
