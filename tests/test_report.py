@@ -216,6 +216,8 @@ def test_role_lines_from_real_prompts() -> None:
     assert role_line("") is None
     masked = role_line(f"You are the billing bot for key {SECRET}. Be brief.")
     assert masked is not None and SECRET not in masked and "Billing bot" in masked
+    slack = role_line("You are the bot for token xoxb-2938479238-sdkfjhskdjfhskdjfh. Be nice.")
+    assert slack == "Bot for token <SECRET>"  # curation's secret scanner, before the variables are masked
 
 
 def test_schema_title_and_names() -> None:

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from downsize.curate.secrets import SecretScanner
 from downsize.discover import runs
 from downsize.sites import mask_variables, system_prompt
 from downsize.store import Store
@@ -35,9 +36,16 @@ def _short(text: str, width: int = MAX_ROLE) -> str:
     return (cut or text[: width - 1]) + "…"
 
 
+def _without_secrets(text: str) -> str:
+    """The text with every secret gitleaks' rules find replaced by `<SECRET>` (curation's scanner)."""
+    for finding in sorted(SecretScanner.gitleaks().scan(text), key=lambda f: -f.start):
+        text = text[: finding.start] + "<SECRET>" + text[finding.end :]
+    return text
+
+
 def role_line(system: str) -> str | None:
     """The role a system prompt gives the model: "You are X" (X), "As an X," (X), a markdown heading, else the
-    first sentence; shortened, with variables (ids, numbers, dates: anything a secret could look like) masked.
+    first sentence; shortened, secrets (gitleaks' rules) and variables (ids, numbers, dates) masked.
     None for an empty prompt."""
     head = system[:_SCAN]
     if not head.strip():
@@ -45,7 +53,7 @@ def role_line(system: str) -> str | None:
     for pattern in (_YOU_ARE, _AS_A, _HEADING, _SENTENCE):
         found = pattern.search(head)
         if found:
-            role = _short(mask_variables(found.group("role")))
+            role = _short(mask_variables(_without_secrets(found.group("role"))))
             if role:
                 return role[0].upper() + role[1:]
     return None
