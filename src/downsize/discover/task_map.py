@@ -18,7 +18,8 @@ LEGEND_ROWS = 40
 NAMED = 15  # bubbles with their label written beside them
 
 
-def _colour(j: int) -> str:
+def task_colour(j: int) -> str:
+    """The colour of task `j` on the map (a table beside it marks its rows with the same)."""
     return f"hsl({(j * 137.508) % 360:.0f},70%,{45 + (j % 3) * 8}%)"
 
 
@@ -61,7 +62,7 @@ def task_map_svg(
         if not points:
             break
         j = int(j)
-        fill, r = (_colour(j), 2.5) if j >= 0 else ("#bbb", 2.0)
+        fill, r = (task_colour(j), 2.5) if j >= 0 else ("#bbb", 2.0)
         name = html.escape(names.get(j, "outlier (no task)"))
         circles.append(
             f'<circle cx="{x:.1f}" cy="{HEIGHT - y:.1f}" r="{r}" fill="{fill}" fill-opacity="0.35">'
@@ -79,7 +80,7 @@ def task_map_svg(
         r = 4 + 18 * (volume[j] / biggest) ** 0.5
         name = html.escape(names[j])
         bubbles.append(
-            f'<circle class="task" cx="{bx:.1f}" cy="{HEIGHT - by:.1f}" r="{r:.1f}" fill="{_colour(j)}" '
+            f'<circle class="task" cx="{bx:.1f}" cy="{HEIGHT - by:.1f}" r="{r:.1f}" fill="{task_colour(j)}" '
             f'fill-opacity="0.55" stroke="#333" stroke-width="0.8"><title>{name}</title></circle>'
         )
         if rank < NAMED:
@@ -117,7 +118,7 @@ def write_task_map(
     volume = task_volumes(labels, names)
     sizes = sorted(names, key=lambda j: -volume[j])
     legend = "".join(
-        f'<li><span style="background:{_colour(j)}"></span>{html.escape(names[j])}</li>'
+        f'<li><span style="background:{task_colour(j)}"></span>{html.escape(names[j])}</li>'
         for j in sizes[:LEGEND_ROWS]
     )
     more = f"<li>… and {len(sizes) - LEGEND_ROWS} more</li>" if len(sizes) > LEGEND_ROWS else ""

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from downsize.config import home
-from downsize.discover.task_map import task_map_svg
+from downsize.discover.task_map import task_colour, task_map_svg
 from downsize.evaluate.curves import curve_svg
 from downsize.evaluate.metrics import wilson_lower
 from downsize.report.charts import bars_svg, timeline_svg
@@ -27,7 +27,7 @@ div.scroll{max-height:520px;overflow:auto;border:1px solid #eee;display:inline-b
 tr.rollback td{background:#fde2e0;font-weight:600}
 span.mode{padding:0 6px;border-radius:8px;background:#eee}span.mode.live{background:#cdeccd}
 span.mode.canary{background:#fff0c2}span.mode.shadow{background:#dde8f6}
-.empty{color:#777;font-style:italic}figure{margin:.5em 0}svg{background:#fff;border:1px solid #eee}
+.empty{color:#777;font-style:italic}span.dot{display:inline-block;width:9px;height:9px;border-radius:50%;margin-right:6px}figure{margin:.5em 0}svg{background:#fff;border:1px solid #eee}
 """
 
 
@@ -89,7 +89,7 @@ def _tasks_section(f: ReportFigures) -> str:
         )
     rows = [
         [
-            _e(t.name),
+            f'<span class="dot" style="background:{task_colour(j)}"></span>{_e(t.name)}',
             _e(t.key),
             _e(t.kind),
             f"{t.volume:,}",
@@ -99,7 +99,7 @@ def _tasks_section(f: ReportFigures) -> str:
             _e(t.specialist) if t.specialist else "–",
             _mode(t.mode),
         ]
-        for t in f.tasks
+        for j, t in enumerate(f.tasks)
     ]
     head = ["task", "key", "output", "calls", "tokens", "cost", "suitability", "specialist", "mode"]
     parts.append(f'<div class="scroll">{_table(head, rows, {0, 1, 2, 7, 8})}</div>')
