@@ -323,27 +323,45 @@ def _record(store: Store, sp: Specialist, n: int, reason: str, session: str | No
         store.record(ex, decision, sp.id)
 
 
-def test_fallback_rate_needs_enough_calls_and_a_bound_past_the_limit(store: Store, tmp_path: Path) -> None:
+def test_invalid_answers_need_enough_calls_and_a_bound_past_the_limit(store: Store, tmp_path: Path) -> None:
     sp = _specialist(store)
     set_mode(store, sp.task, "live")
-    limits = RollbackConfig(min_calls=20, max_fallback_rate=0.5)
-    _record(store, sp, 5, "invalid_call")  # 5 of 5 fell back: too few calls to judge
+    limits = RollbackConfig(min_calls=20, max_failure_rate=0.2)
+    _record(store, sp, 5, "invalid_output:unknown_tool")  # 5 of 5 failed: too few calls to judge
     assert not check(store, store.specialist(sp.id), limits).roll_back
+    _record(store, sp, 30, "gate_text")  # abstaining where the teacher would reply in text is the design
+    _record(store, sp, 10, "canary_holdout")  # a canary's hold-out share is not the task's call to judge
     _record(store, sp, 10, "served")
-    _record(store, sp, 15, "invalid_call")  # 20/30 = 0.67, lower bound 0.51 > 0.5
+    _record(store, sp, 10, "specialist_error")  # 15 of 25 answers failed: lower bound 0.45 > 0.2
     verdict = check(store, store.specialist(sp.id), limits)
-    assert verdict.roll_back and "fallbacks 20/30" in verdict.reason
-    _record(store, sp, 10, "canary_holdout")  # a canary's hold-out share is no fallback
-    assert check(store, store.specialist(sp.id), limits).evidence["decided"] == 30
+    assert verdict.evidence["answered"] == 25 and verdict.evidence["decided"] == 55
+    assert verdict.roll_back and "invalid answers or errors 15/25" in verdict.reason
     config = tmp_path / "gateway.yaml"
-    config.write_text("rollback:\n  min_calls: 20\n  max_fallback_rate: 0.5\n")
+    config.write_text("rollback:\n  min_calls: 20\n  max_failure_rate: 0.2\n")
     db = ["--db", f"sqlite:///{tmp_path / 'downsize.db'}", "--config", str(config)]
     dry = CliRunner().invoke(main, ["route", "--check", "--dry-run", *db])
     assert "would roll back" in dry.output and store.specialist(sp.id).status == "live"
     done = CliRunner().invoke(main, ["route", "--check", *db])
-    assert done.exit_code == 0 and "rolled back to shadow: fallbacks 20/30" in done.output
+    assert done.exit_code == 0 and "rolled back to shadow: invalid answers or errors 15/25" in done.output
     assert store.specialist(sp.id).status == "shadow" and store.route_events(sp.id)[-1]["actor"] == "rollback"
     assert check_all(store, limits) == []  # nothing canary or live is left to check
+
+
+@pytest.mark.parametrize(("served", "rolled_back"), [(2, True), (9, False)])
+def test_served_share_is_judged_against_its_calibration(store: Store, served: int, rolled_back: bool) -> None:
+    sp = _specialist(store)
+    at = sp.metrics["eval"]["validation"]["at_threshold"]
+    at.update(calls=100, served=40, served_share=0.40)  # serving at its threshold took 40% on validation
+    store.update_specialist(sp.id or 0, metrics=sp.metrics)
+    set_mode(store, sp.task, "live")
+    _record(store, sp, served, "served")
+    _record(store, sp, 45 - served, "low_confidence")
+    verdict = check(store, store.specialist(sp.id), RollbackConfig(min_calls=20, max_served_drop=0.5))
+    assert verdict.evidence["served_share_calibrated"] == 0.4
+    # 2/45 (upper bound 0.12) is below the floor 0.20; 9/45 (upper bound 0.31) is not
+    assert verdict.roll_back is rolled_back
+    if rolled_back:
+        assert f"served {served}/45 of its calls" in verdict.reason
 
 
 def test_workflow_outcomes_roll_back_only_against_the_llm_only_baseline(store: Store) -> None:

@@ -207,23 +207,33 @@ class RollbackConfig:
     - disagreement: served calls the gateway also sent to the LLM (`check_fraction` of them, in the background)
       and that the LLM answered differently (strict rule of the task's kind); rolls back when the lower bound of
       the disagreement rate is above `max_disagreement`;
-    - fallbacks: the share of the task's decided calls that fell back (validation, confidence, errors); rolls
-      back when its lower bound is above `max_fallback_rate`;
+    - failures: answers that fail validation, error or time out (a changed tool schema), among the calls the
+      specialist answered; rolls back when the lower bound of their share is above `max_failure_rate`;
+    - served share: the share of the task's calls served, against the one its evaluation measured at the same
+      threshold on validation (abstaining is the design: most calls of a talkative agent fall back); rolls back
+      when the upper bound is below that share times (1 - `max_served_drop`);
     - outcomes: workflows (sessions) with a served call whose reported success (`POST /v1/downsize/outcomes`)
       is below the LLM-only workflows' of the same agent by more than `max_success_drop` (upper bound)."""
 
     enabled: bool = True
     check_fraction: float = 0.05  # share of served calls also asked of the LLM (each is a paid upstream call)
     max_disagreement: float = 0.25
-    max_fallback_rate: float = 0.60
+    max_failure_rate: float = 0.20
+    max_served_drop: float = 0.50  # relative: 0.5 rolls back when the served share halves
     max_success_drop: float = 0.15
-    min_calls: int = 20  # served checks (disagreement) or decided calls (fallbacks) a rule needs
+    min_calls: int = 20  # served checks (disagreement) or the task's decided calls (other rules) a rule needs
     min_workflows: int = 10  # workflows with an outcome, on each side, the outcome rule needs
     confidence: float = 0.95
     interval_s: float = 30.0  # how often the gateway checks its canary and live tasks
 
     def __post_init__(self) -> None:
-        for name in ("check_fraction", "max_disagreement", "max_fallback_rate", "max_success_drop"):
+        for name in (
+            "check_fraction",
+            "max_disagreement",
+            "max_failure_rate",
+            "max_served_drop",
+            "max_success_drop",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"rollback.{name} is a share from 0 to 1, not {value}")

@@ -8,8 +8,12 @@ rules, each needing `min_calls` observations (workflows for the outcome rule) an
 - disagreement: served calls the LLM was also asked (the gateway's background check of `check_fraction` of
   served calls, stored as `probe` exchanges) and answered differently, by the strict rule of the answers' kind
   (`evaluate/probe.py`);
-- fallbacks: decided calls that fell back (validation, confidence, errors, timeouts; a canary's hold-out share
-  is not a fallback);
+- failures: answers that fail validation, errors and timeouts among the calls the specialist answered (a
+  changed tool schema makes its answers invalid);
+- served share: the share of the task's calls it served, against the share its evaluation measured at the same
+  threshold on validation. Falling back is the design (a tool-call specialist abstains where the teacher would
+  reply in text, and below its threshold): only a served share far below the calibrated one is a drift. Calls
+  outside its tasks and a canary's hold-out share do not count;
 - outcomes: workflows with a served call succeed less often than the same agent's LLM-only workflows, by more
   than `max_success_drop`.
 
@@ -30,7 +34,8 @@ from downsize.route.modes import RouteChange, set_mode
 from downsize.store import Store
 from downsize.types import PROBE_ROUTE, Specialist
 
-NOT_FALLBACKS = ("served", "shadow", "canary_holdout")
+OUTSIDE = ("canary_holdout", "other_task", "novel_task")  # not the task's calls to judge it on
+FAILURES = ("invalid_output", "specialist_error", "specialist_timeout")
 
 
 @dataclass
@@ -63,9 +68,10 @@ def check(store: Store, specialist: Specialist, limits: RollbackConfig) -> Rollb
         return RollbackVerdict(specialist, False, f"{specialist.status}: nothing to roll back", since)
     z = NormalDist().inv_cdf(limits.confidence)  # one-sided
     decisions = store.decisions_of(specialist.id, since)
-    decided = [d for d in decisions if d["reason"] != "canary_holdout"]
-    fallbacks = sum(d["reason"] not in NOT_FALLBACKS for d in decided)
+    decided = [d for d in decisions if d["reason"].split(":", 1)[0] not in OUTSIDE]
     served = [d for d in decided if d["served"]]
+    answered = [d for d in decided if d["reason"] != "gate_text"]  # the specialist wrote an answer
+    failures = sum(d["reason"].split(":", 1)[0] in FAILURES for d in answered)
     evidence: dict[str, Any] = {"since": since, "decided": len(decided), "served": len(served)}
 
     # disagreement with the LLM on served calls it was also asked
@@ -78,10 +84,16 @@ def check(store: Store, specialist: Specialist, limits: RollbackConfig) -> Rollb
     if verdicts:
         evidence["disagreement"] = round(disagreed / len(verdicts), 4)
         evidence["disagreement_lower"] = round(wilson_lower(disagreed, len(verdicts), z), 4)
-    evidence["fallbacks"] = fallbacks
+    evidence["answered"] = len(answered)
+    evidence["failures"] = failures
+    if answered:
+        evidence["failure_rate"] = round(failures / len(answered), 4)
+        evidence["failure_rate_lower"] = round(wilson_lower(failures, len(answered), z), 4)
+    expected = _calibrated_share(specialist)
     if decided:
-        evidence["fallback_rate"] = round(fallbacks / len(decided), 4)
-        evidence["fallback_rate_lower"] = round(wilson_lower(fallbacks, len(decided), z), 4)
+        evidence["served_share"] = round(len(served) / len(decided), 4)
+        evidence["served_share_upper"] = round(wilson_upper(len(served), len(decided), z), 4)
+    evidence["served_share_calibrated"] = expected
 
     # workflow outcomes against the same agent's LLM-only workflows
     agents = {d["agent"] for d in decisions if d["agent"]}
@@ -98,10 +110,16 @@ def check(store: Store, specialist: Specialist, limits: RollbackConfig) -> Rollb
             f"disagreement with the LLM {disagreed}/{len(verdicts)} (lower bound "
             f"{evidence['disagreement_lower']:.2f} > {limits.max_disagreement:.2f})"
         )
-    if len(decided) >= limits.min_calls and evidence["fallback_rate_lower"] > limits.max_fallback_rate:
+    if len(answered) >= limits.min_calls and evidence["failure_rate_lower"] > limits.max_failure_rate:
         reasons.append(
-            f"fallbacks {fallbacks}/{len(decided)} (lower bound {evidence['fallback_rate_lower']:.2f} > "
-            f"{limits.max_fallback_rate:.2f})"
+            f"invalid answers or errors {failures}/{len(answered)} (lower bound "
+            f"{evidence['failure_rate_lower']:.2f} > {limits.max_failure_rate:.2f})"
+        )
+    floor = expected * (1 - limits.max_served_drop) if expected else None
+    if floor and len(decided) >= limits.min_calls and evidence["served_share_upper"] < floor:
+        reasons.append(
+            f"served {len(served)}/{len(decided)} of its calls (upper bound {evidence['served_share_upper']:.2f}) "
+            f"against {expected:.2f} at calibration (floor {floor:.2f})"
         )
     if len(with_served) >= limits.min_workflows and len(llm_only) >= limits.min_workflows:
         wins = sum(ok >= 1.0 for ok in with_served)
@@ -118,6 +136,15 @@ def check(store: Store, specialist: Specialist, limits: RollbackConfig) -> Rollb
     if reasons:
         return RollbackVerdict(specialist, True, "; ".join(reasons), since, evidence)
     return RollbackVerdict(specialist, False, "within limits", since, evidence)
+
+
+def _calibrated_share(specialist: Specialist) -> float | None:
+    """The served share its evaluation measured on validation at its threshold (None when not evaluated)."""
+    from downsize.artifacts import EvalReport
+
+    report = EvalReport.of(specialist)
+    at = report.validation.at_threshold if report else None
+    return round(at.served_share, 4) if at is not None and at.calls else None
 
 
 def roll_back(store: Store, verdict: RollbackVerdict) -> RouteChange:
