@@ -124,6 +124,69 @@ def test_fallbacks_and_shadow_calls_train_served_answers_and_probes_never(tmp_pa
     assert {ex.route for ex in trained} <= {"fallback:low_confidence", "fallback:shadow", "upstream"}
 
 
+# -- the plan: what is retrained, and with how many minutes ---------------------------------------------
+
+
+def test_a_short_budget_trains_the_largest_units_and_leaves_the_rest_for_the_next_run() -> None:
+    from downsize.flywheel.cycle import training_share
+
+    # 5 minutes, 1.5 of overhead per unit: two units can each get half a minute, not five
+    assert training_share(5.0, [100, 80, 50, 30, 20], 1.5, 0.5) == pytest.approx(2.0 * 100 / 180)
+    assert training_share(20.0, [100, 80, 50, 30, 20], 1.5, 0.5) == pytest.approx(12.5 * 100 / 280)
+    assert training_share(5.0, [10], 1.5, 0.5) == pytest.approx(3.5)
+    assert training_share(1.0, [10], 1.5, 0.5) is None
+
+
+def test_a_rolled_back_unit_is_retrained_until_a_version_passes(tmp_path: Path) -> None:
+    """Rollback puts a live specialist in shadow (route_events: actor `rollback`): its unit is retrained even
+    when its data did not change, and stays so while no version of it is live."""
+    from downsize.flywheel.cycle import retrain_reason, rolled_back, unit_versions
+    from downsize.types import Specialist
+
+    store = Store.open(f"sqlite:///{tmp_path / 'rollback.db'}")
+    flywheel = {"unit": "tool:get_user_details", "calls_hash": "abc"}
+
+    def version() -> Specialist:
+        sp = Specialist(
+            name="tool-get_user_details",
+            task="t001,t004",
+            base_model="smollm2-135m",
+            adapter_path=str(tmp_path / "adapter"),
+            config={"tasks": ["t001", "t004"]},
+            data_hash="d",
+            metrics={"flywheel": flywheel},
+        )
+        store.add_specialist(sp)
+        return sp
+
+    assert retrain_reason(store, [], "abc") == "new"
+    v1 = version()
+    store.set_status(v1.id or 0, "live", actor="flywheel")
+    assert retrain_reason(store, unit_versions(store, v1.name), "abc") is None  # same calls: nothing to do
+    assert retrain_reason(store, unit_versions(store, v1.name), "abd") == "data changed"
+    store.set_status(v1.id or 0, "shadow", actor="rollback", reason="disagreement above the limit")
+    assert rolled_back(store, store.specialist(v1.id))
+    assert retrain_reason(store, unit_versions(store, v1.name), "abc") == "rolled back"
+    v2 = version()  # a retrained version that did not pass: the unit is still rolled back
+    assert retrain_reason(store, unit_versions(store, v1.name), "abc") == "rolled back"
+    store.set_status(v2.id or 0, "live", actor="flywheel")  # one that passed
+    assert retrain_reason(store, unit_versions(store, v1.name), "abc") is None
+
+
+def test_a_unit_that_fails_to_train_is_recorded_and_the_others_go_on(tmp_path: Path) -> None:
+    """Every unit's training fails here (the student folder does not exist): each failure is recorded with
+    its error, every unit is tried, and the run itself ends done."""
+    store = Store.open(f"sqlite:///{tmp_path / 'fails.db'}")
+    import_tau_airline(store, tau_slice(tmp_path / "tau", (*range(0, 14), 35)))
+    config = tiny_config()
+    config = replace(config, train=replace(config.train, student=str(tmp_path / "no-such-student")))
+    report = run_flywheel(store, config)
+    assert report.status == "done" and len(report.units) >= 2
+    for record in report.units.values():
+        assert record["outcome"] == "failed" and record["error"], record
+    assert flywheel_runs(store)[0]["report"]["units"] == report.units
+
+
 # -- the flywheel ----------------------------------------------------------------------------------------
 
 

@@ -177,7 +177,12 @@ class _Turn:
         keys = found.get("keys") or {}
         self.say(
             f"  discover  {found['tasks']} tasks over {found['calls']} calls (run {found['run_id']}; "
-            f"{keys.get('kept', 0)} keys kept, {len(keys.get('new') or [])} new; {found['seconds']:.1f} s){note}"
+            + (
+                f"{keys['kept']} keys kept, {len(keys['new'])} new, {len(keys['ended'])} ended"
+                if keys
+                else "the first discovery: every key new"
+            )
+            + f"; {found['seconds']:.1f} s){note}"
         )
         plan = self._step("plan", lambda: self.plan(found["run_id"]))
         todo = [u for u in plan["units"] if u["retrain"]]
@@ -298,18 +303,14 @@ class _Turn:
         from downsize.train.lora import train_specialist
         from downsize.train.plan import MIN_MINUTES, OVERHEAD_MINUTES
 
-        used = sum(
-            float(s.get("minutes") or 0.0)
-            for name, s in self.state["steps"].items()
-            if name.startswith("train:")
-        )
-        left = self.config.max_minutes - used
-        weight = sum(max(1, int(u["calls"])) for u in remaining)
-        overhead = OVERHEAD_MINUTES * (len(remaining) - 1)  # the units after this one need their load too
-        share = max(0.0, left - overhead) * max(1, int(unit["calls"])) / weight if weight else 0.0
-        if len(remaining) == 1:
-            share = max(0.0, left)
-        if share < MIN_MINUTES:
+        trained = [s for name, s in self.state["steps"].items() if name.startswith("train:")]
+        left = self.config.max_minutes - sum(float(s.get("minutes") or 0.0) for s in trained)
+        measured = [
+            float(s["minutes"]) - float(s["budget_minutes"]) for s in trained if "budget_minutes" in s
+        ]
+        overhead = max(0.0, sum(measured) / len(measured)) if measured else OVERHEAD_MINUTES
+        share = training_share(left, [int(u["calls"]) for u in remaining], overhead, MIN_MINUTES)
+        if share is None:
             return {
                 "skipped": f"budget: {max(left, 0):.1f} of {self.config.max_minutes:g} min left",
                 "minutes": 0,
@@ -404,6 +405,24 @@ class _Turn:
                     actor=ACTOR,
                     reason=f"flywheel run {self.run_id}: replaced by version {by}",
                 )
+
+
+def training_share(left: float, calls: list[int], overhead: float, least: float) -> float | None:
+    """The training minutes of the first of the units still to train (`calls`: their training calls, this one
+    first, largest first), or None when the budget cannot give it `least`.
+
+    What is left is shared in proportion to training calls, less each unit's overhead (loading the student,
+    fitting the gate, saving: `overhead` minutes), among as many of the units as can each get `least`: when
+    the budget is short the largest units are trained and the smallest wait for the next run, instead of
+    every unit getting too little.
+    """
+    weights = [max(1, c) for c in calls]
+    for k in range(len(weights), 0, -1):
+        usable = left - overhead * k
+        shares = [usable * w / sum(weights[:k]) for w in weights[:k]]
+        if min(shares) >= least:
+            return shares[0]
+    return None
 
 
 def calls_hash(store: Store, config: TrainConfig) -> tuple[str, int]:
