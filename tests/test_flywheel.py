@@ -48,7 +48,7 @@ SETTINGS: dict[str, Any] = {
         "max_prompt_tokens": 96,
         "max_message_tokens": 48,
     },
-    "eval": {"limit": 8},
+    "eval": {"limit": 5},
 }
 
 
@@ -212,7 +212,7 @@ def test_flywheel_resumes_after_a_kill_retrains_on_new_data_and_keeps_the_live_r
             current = (runs[0]["state"] or {}).get("current") if runs else None
             return current if current and current.startswith("train:") else None
 
-        step = _wait_for(training, 240, "the flywheel to start training")
+        step = _wait_for(training, 600, "the flywheel to start training")
         with pytest.raises(FlywheelBusy, match="is running"):  # a second flywheel waits for a live one
             run_flywheel(store, tiny_config())
         time.sleep(2)

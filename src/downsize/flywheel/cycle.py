@@ -184,11 +184,13 @@ class _Turn:
             )
             + f"; {found['seconds']:.1f} s){note}"
         )
+        note = self._done_before("plan")
         plan = self._step("plan", lambda: self.plan(found["run_id"]))
         todo = [u for u in plan["units"] if u["retrain"]]
         self.say(
             f"  plan      {len(plan['units'])} suitable units, {len(todo)} to retrain: "
             + (", ".join(f"{u['unit']} ({u['why']})" for u in todo) or "none")
+            + note
         )
         for i, unit in enumerate(todo):
             self.unit(unit, todo[i:], found["run_id"])
@@ -265,6 +267,7 @@ class _Turn:
         if record.get("outcome") == "failed":  # failed before a crash: recorded, not tried again
             return
         try:
+            notes = {step: self._done_before(f"{step}:{key}") for step in UNIT_STEPS}
             trained = self._step(f"train:{key}", lambda: self.train(unit, remaining, discovery_run))
             if trained.get("skipped"):
                 record["outcome"] = f"not trained: {trained['skipped']}"
@@ -274,18 +277,19 @@ class _Turn:
             self.say(
                 f"  train     {key}: specialist {trained['specialist_id']}, {trained['examples']} examples, "
                 f"{trained['tokens']} tokens in {trained['minutes']:.1f} of {trained['budget_minutes']:.1f} min"
+                + notes["train"]
             )
             checked = self._step(f"evaluate:{key}", lambda: self.evaluate(trained["specialist_id"]))
             self.say(
                 f"  evaluate  {key}: threshold "
                 + (f"{checked['threshold']:.4f}" if checked["threshold"] is not None else "none")
                 + f", test agreement {checked['test_agreement']:.3f} on {checked['test_calls']} calls "
-                f"({checked['seconds']:.0f} s)"
+                f"({checked['seconds']:.0f} s)" + notes["evaluate"]
             )
             promoted = self._step(f"promote:{key}", lambda: self.promote(unit, trained["specialist_id"]))
             record["outcome"] = promoted["outcome"]
             record["reason"] = promoted["reason"]
-            self.say(f"  promote   {key}: {promoted['outcome']} ({promoted['reason']})")
+            self.say(f"  promote   {key}: {promoted['outcome']} ({promoted['reason']}){notes['promote']}")
         except Exception as exc:  # one unit's failure is recorded and the next unit goes on (logged here)
             log.exception("flywheel run %s: unit %s failed", self.run_id, key)
             record["outcome"] = "failed"
