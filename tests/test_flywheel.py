@@ -269,3 +269,42 @@ def test_flywheel_resumes_after_a_kill_retrains_on_new_data_and_keeps_the_live_r
     assert versions[new_id] == "candidate"
     events = store.route_events()
     assert not [e for e in events if e["specialist_id"] == v1[0].id and e["to_mode"] == "retired"]
+
+
+# -- the command -----------------------------------------------------------------------------------------
+
+
+def test_the_command_waits_for_new_exchanges_and_for_a_live_run(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from downsize.cli.main import main
+    from downsize.errors import ConfigError
+    from downsize.flywheel import flywheel_config
+    from downsize.flywheel import runs as fw_runs
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    store = Store.open(url)
+    import_tau_airline(store, tau_slice(tmp_path / "tau", (0,)))
+    help_text = CliRunner().invoke(main, ["flywheel", "--help"]).output
+    assert "--once" in help_text and "--every-exchanges" in help_text and "--max-minutes" in help_text
+    # a finished run that saw every stored exchange: --once with --every-exchanges has nothing to do
+    done = fw_runs.start(store, {}, "once", {"exchanges_upto": fw_runs.newest_exchange_id(store), "done": []})
+    fw_runs.finish(store, done, "done", {})
+    out = CliRunner().invoke(main, ["flywheel", "--once", "--every-exchanges", "10", "--db", url])
+    assert out.exit_code == 0 and "nothing to do" in out.output
+    # a run whose process is alive (this one): a second flywheel refuses in one line
+    fw_runs.start(store, {}, "once", {"process": fw_runs.this_process(), "done": []})
+    out = CliRunner().invoke(main, ["flywheel", "--once", "--db", url])
+    assert (
+        out.exit_code == 1 and out.output.startswith("error: flywheel run") and "Traceback" not in out.output
+    )
+    # settings: stages as nested mappings, unknown keys named
+    config = flywheel_config({"rule": "parity", "train": {"max_tokens": 100}}, max_minutes=3.0)
+    assert (config.rule, config.max_minutes, config.train.max_tokens, config.train.curated) == (
+        "parity",
+        3.0,
+        100,
+        True,
+    )
+    with pytest.raises(ConfigError, match="unknown TrainConfig setting"):
+        flywheel_config({"train": {"no_such": 1}})

@@ -511,6 +511,8 @@ def run_loop(
         if trigger is not None:
             try:
                 run_flywheel(store, config, trigger, say)
-            except FlywheelBusy as exc:
-                say(str(exc))
+            except (
+                DownsizeError
+            ) as exc:  # recorded with the run (or another run is going on): wait for the next
+                say(f"error: {exc}")
         time.sleep(config.poll_s)
