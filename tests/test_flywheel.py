@@ -139,7 +139,7 @@ def test_a_short_budget_trains_the_largest_units_and_leaves_the_rest_for_the_nex
 
 def test_a_rolled_back_unit_is_retrained_until_a_version_passes(tmp_path: Path) -> None:
     """Rollback puts a live specialist in shadow (route_events: actor `rollback`): its unit is retrained even
-    when its data did not change, and stays so while no version of it is live."""
+    when its data did not change, and again on new calls while no version of it is live."""
     from downsize.flywheel.cycle import retrain_reason, rolled_back, unit_versions
     from downsize.types import Specialist
 
@@ -167,9 +167,12 @@ def test_a_rolled_back_unit_is_retrained_until_a_version_passes(tmp_path: Path) 
     store.set_status(v1.id or 0, "shadow", actor="rollback", reason="disagreement above the limit")
     assert rolled_back(store, store.specialist(v1.id))
     assert retrain_reason(store, unit_versions(store, v1.name), "abc") == "rolled back"
-    v2 = version()  # a retrained version that did not pass: the unit is still rolled back
-    assert retrain_reason(store, unit_versions(store, v1.name), "abc") == "rolled back"
-    store.set_status(v2.id or 0, "live", actor="flywheel")  # one that passed
+    v2 = (
+        version()
+    )  # retrained on the same calls, it failed its gate: wait for new calls, do not train it again
+    assert retrain_reason(store, unit_versions(store, v1.name), "abc") is None
+    assert retrain_reason(store, unit_versions(store, v1.name), "abd") == "rolled back"  # new calls arrived
+    store.set_status(v2.id or 0, "live", actor="flywheel")  # a version that passed
     assert retrain_reason(store, unit_versions(store, v1.name), "abc") is None
 
 

@@ -462,15 +462,22 @@ def rolled_back(store: Store, sp: Specialist) -> bool:
 
 
 def retrain_reason(store: Store, versions: list[Specialist], digest: str) -> str | None:
-    """Why a unit needs a new version (None: it does not): none yet, its specialist was rolled back, or its
-    training calls changed since its newest version was trained."""
+    """Why a unit needs a new version (None: it does not): none yet (`new`), automatic rollback put its version
+    in shadow and no version is live (`rolled back`; once a version retrained on these same calls has failed
+    its gate, the unit waits for new calls instead of training the same model again), or its training calls
+    changed since its newest version was trained (`data changed`)."""
     if not versions:
         return "new"
-    if any(rolled_back(store, sp) for sp in versions) and not any(
-        sp.status in ("live", "canary") for sp in versions
-    ):
-        return "rolled back"
-    recorded = (versions[0].metrics.get("flywheel") or {}).get("calls_hash")
+
+    def hash_of(sp: Specialist) -> str | None:
+        return (sp.metrics.get("flywheel") or {}).get("calls_hash")
+
+    rolled = [sp.id or 0 for sp in versions if rolled_back(store, sp)]
+    if rolled and not any(sp.status in ("live", "canary") for sp in versions):
+        since = [sp for sp in versions if (sp.id or 0) > max(rolled)]
+        if not since or hash_of(since[0]) != digest:
+            return "rolled back"
+    recorded = hash_of(versions[0])
     if recorded != digest:
         return "data changed" if recorded else "data changed (not trained by the flywheel)"
     return None
