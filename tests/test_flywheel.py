@@ -127,16 +127,6 @@ def test_fallbacks_and_shadow_calls_train_served_answers_and_probes_never(tmp_pa
 # -- the plan: what is retrained, and with how many minutes ---------------------------------------------
 
 
-def test_a_short_budget_trains_the_largest_units_and_leaves_the_rest_for_the_next_run() -> None:
-    from downsize.flywheel.cycle import training_share
-
-    # 5 minutes, 1.5 of overhead per unit: two units can each get half a minute, not five
-    assert training_share(5.0, [100, 80, 50, 30, 20], 1.5, 0.5) == pytest.approx(2.0 * 100 / 180)
-    assert training_share(20.0, [100, 80, 50, 30, 20], 1.5, 0.5) == pytest.approx(12.5 * 100 / 280)
-    assert training_share(5.0, [10], 1.5, 0.5) == pytest.approx(3.5)
-    assert training_share(1.0, [10], 1.5, 0.5) is None
-
-
 def test_a_rolled_back_unit_is_retrained_until_a_version_passes(tmp_path: Path) -> None:
     """Rollback puts a live specialist in shadow (route_events: actor `rollback`): its unit is retrained even
     when its data did not change, and again on new calls while no version of it is live."""

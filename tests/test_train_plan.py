@@ -58,3 +58,11 @@ def test_the_budget_goes_by_training_calls_and_every_skip_says_why(
         r.fit.task_key: r for r in plan.train_suitable(store, TrainConfig(), budget_minutes=0.4, train=train)
     }
     assert all(r.reason.startswith("budget:") for k, r in runs.items() if k.startswith("tool:"))
+
+
+def test_a_short_budget_trains_the_largest_tasks_and_the_smallest_wait() -> None:
+    # 5 minutes, 1.5 of overhead per task: two tasks can each get half a minute, not five
+    assert plan.training_share(5.0, [100, 80, 50, 30, 20], 1.5, 0.5) == pytest.approx(2.0 * 100 / 180)
+    assert plan.training_share(20.0, [100, 80, 50, 30, 20], 1.5, 0.5) == pytest.approx(12.5 * 100 / 280)
+    assert plan.training_share(5.0, [10], 1.5, 0.5) == pytest.approx(3.5)
+    assert plan.training_share(1.0, [10], 1.5, 0.5) is None

@@ -305,7 +305,7 @@ class _Turn:
     ) -> dict[str, Any]:
         """Train the unit's new version within its share of the run's training minutes."""
         from downsize.train.lora import train_specialist
-        from downsize.train.plan import MIN_MINUTES, OVERHEAD_MINUTES
+        from downsize.train.plan import MIN_MINUTES, OVERHEAD_MINUTES, training_share
 
         trained = [s for name, s in self.state["steps"].items() if name.startswith("train:")]
         left = self.config.max_minutes - sum(float(s.get("minutes") or 0.0) for s in trained)
@@ -409,24 +409,6 @@ class _Turn:
                     actor=ACTOR,
                     reason=f"flywheel run {self.run_id}: replaced by version {by}",
                 )
-
-
-def training_share(left: float, calls: list[int], overhead: float, least: float) -> float | None:
-    """The training minutes of the first of the units still to train (`calls`: their training calls, this one
-    first, largest first), or None when the budget cannot give it `least`.
-
-    What is left is shared in proportion to training calls, less each unit's overhead (loading the student,
-    fitting the gate, saving: `overhead` minutes), among as many of the units as can each get `least`: when
-    the budget is short the largest units are trained and the smallest wait for the next run, instead of
-    every unit getting too little.
-    """
-    weights = [max(1, c) for c in calls]
-    for k in range(len(weights), 0, -1):
-        usable = left - overhead * k
-        shares = [usable * w / sum(weights[:k]) for w in weights[:k]]
-        if min(shares) >= least:
-            return shares[0]
-    return None
 
 
 def calls_hash(store: Store, config: TrainConfig) -> tuple[str, int]:

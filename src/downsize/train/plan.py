@@ -30,6 +30,24 @@ class TaskRun:
     minutes: float = 0.0
 
 
+def training_share(left: float, calls: list[int], overhead: float, least: float) -> float | None:
+    """The training minutes of the first of the tasks still to train (`calls`: their training calls, this one
+    first, largest first), or None when the budget cannot give it `least`.
+
+    What is left is shared in proportion to training calls, less each task's overhead (`overhead` minutes),
+    among as many of the tasks as can each get `least`: when the budget is short the largest tasks train and
+    the smallest wait, instead of the overhead of all of them eating the share of the first (which skipped
+    the largest tasks and trained the small ones: docs/log.md, 2026-12-03).
+    """
+    weights = [max(1, c) for c in calls]
+    for k in range(len(weights), 0, -1):
+        usable = left - overhead * k
+        shares = [usable * w / sum(weights[:k]) for w in weights[:k]]
+        if min(shares) >= least:
+            return shares[0]
+    return None
+
+
 def train_suitable(
     store: Store,
     config: TrainConfig,
@@ -40,11 +58,11 @@ def train_suitable(
 ) -> list[TaskRun]:
     """Train every suitable task of the newest (or the config's) discovery run, most suitable first.
 
-    The budget is shared by what is left of it, less each remaining task's overhead (model load, gate, save:
-    measured on the tasks done so far), in proportion to each remaining task's training calls, so a big task
-    gets more minutes and an early finish hands its time on. A task whose share falls under half
-    a minute is skipped (budget), as is one whose training fails (the reason is kept). `train` is
-    `train_specialist` unless given.
+    The budget is shared by what is left of it (`training_share`), less each remaining task's overhead (model
+    load, gate, save: measured on the tasks done so far), in proportion to each remaining task's training calls,
+    so a big task gets more minutes and an early finish hands its time on. When it cannot give every remaining
+    task half a minute, the smallest wait (skipped: budget); a task whose training fails is skipped too (the
+    reason is kept). `train` is `train_specialist` unless given.
     """
     from downsize.train.lora import train_specialist
 
@@ -58,9 +76,8 @@ def train_suitable(
     for i, run in enumerate(todo):
         left = (deadline - time.monotonic()) / 60
         overhead = sum(overheads) / len(overheads) if overheads else OVERHEAD_MINUTES
-        weight = sum(r.fit.train for r in todo[i:])
-        share = (left - overhead * (len(todo) - i)) * run.fit.train / weight if weight else 0.0
-        if share < MIN_MINUTES:
+        share = training_share(left, [r.fit.train for r in todo[i:]], overhead, MIN_MINUTES)
+        if share is None:
             run.reason = f"budget: {max(left, 0):.1f} min left for {len(todo) - i} tasks"
             continue
         say(f"training {run.fit.task_key} ({run.fit.label[:50]}): {run.fit.train} calls, {share:.1f} min")
