@@ -291,6 +291,14 @@ def test_the_command_waits_for_new_exchanges_and_for_a_live_run(tmp_path: Path) 
     assert (
         out.exit_code == 1 and out.output.startswith("error: flywheel run") and "Traceback" not in out.output
     )
+    # the loop: a run is due (new exchanges), the live run makes it wait, and it goes on polling
+    from downsize.flywheel import run_loop
+
+    said: list[str] = []
+    stops = iter([False, False, True])
+    loop_config = replace(tiny_config(), poll_s=0.01, every_exchanges=10)
+    run_loop(store, loop_config, say=said.append, stop=lambda: next(stops))
+    assert len(said) == 2 and all(line.startswith("error: flywheel run") for line in said)
     # settings: stages as nested mappings, unknown keys named
     config = flywheel_config({"rule": "parity", "train": {"max_tokens": 100}}, max_minutes=3.0)
     assert (config.rule, config.max_minutes, config.train.max_tokens, config.train.curated) == (
