@@ -409,3 +409,29 @@ def test_savings_endpoint_counts_served_calls(stub: StubUpstream, store: Store) 
         assert status == 200 and later["overall"]["calls_served"] == 0
         status, refused = get("/v1/downsize/savings?since=yesterday")
         assert status == 400 and "ISO time" in refused["error"]["message"]
+
+
+
+def test_a_newer_shadow_version_never_comes_before_an_older_live_one(store: Store) -> None:
+    """The flywheel keeps a new version in shadow while an older one is live; when its tasks differ (discovery
+    moved a cluster), the live version must still come first, or the shadow slot (which only logs) would take
+    the live one's requests."""
+    from downsize.route.loading import routed_specialists
+
+    ids = {}
+    for name, tasks, status in (("v1", ["k1"], "live"), ("v2", ["k1", "k2"], "shadow")):
+        sp = Specialist(
+            name=f"lookup-{name}",
+            task="lookup-task",
+            base_model="smollm2-135m",
+            adapter_path="/nonexistent/adapter",
+            config={"task_tools": [TOOL_NAME], "tasks": tasks},
+            data_hash="0" * 64,
+            threshold=-1.0,
+            metrics=_evaluated(200, 198),
+        )
+        ids[name] = store.add_specialist(sp)
+        store.set_status(ids[name], status, actor="test")
+    assert [sp.name for sp in routed_specialists(store)] == ["lookup-v1", "lookup-v2"]
+    store.set_status(ids["v2"], "live", actor="test")  # promoted: the new version replaces the old
+    assert [sp.name for sp in routed_specialists(store)] == ["lookup-v2"]

@@ -15,10 +15,11 @@ def routed_specialists(store: Store, names: Sequence[str] = ()) -> list[Speciali
     """The named specialists; else every live and canary one, and every shadow one whose scope no live or
     canary one covers.
 
-    Of several versions with the same scope (agent, tool set, tasks) and status, the newest wins; a canary
-    comes before the live version of its scope (the requests outside its share go on to the live one). Task
+    Of several versions with the same scope (agent, tool set, tasks) and status, the newest wins. Task
     specialists come before whole-call-site ones, so a request of a trained task reaches its own specialist
-    first.
+    first; then canaries before live ones (the requests outside a canary's share go on to the live version)
+    and live before shadow, whatever their scopes: a shadow slot only logs, so a newer shadow version whose
+    tasks overlap an older live one's must not take its requests away from it.
     """
     if names:
         return [store.specialist(name) for name in names]
@@ -36,7 +37,7 @@ def routed_specialists(store: Store, names: Sequence[str] = ()) -> list[Speciali
     order = {"canary": 0, "live": 1, "shadow": 2}
     return sorted(
         chosen.values(),
-        key=lambda s: (not s.config.get("tasks"), -newest[_scope_key(s)], order[s.status], -(s.id or 0)),
+        key=lambda s: (not s.config.get("tasks"), order[s.status], -newest[_scope_key(s)], -(s.id or 0)),
     )
 
 
