@@ -411,7 +411,6 @@ def test_savings_endpoint_counts_served_calls(stub: StubUpstream, store: Store) 
         assert status == 400 and "ISO time" in refused["error"]["message"]
 
 
-
 def test_a_newer_shadow_version_never_comes_before_an_older_live_one(store: Store) -> None:
     """The flywheel keeps a new version in shadow while an older one is live; when its tasks differ (discovery
     moved a cluster), the live version must still come first, or the shadow slot (which only logs) would take
