@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-0.4
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover bench-serving bench-bfcl bench-specialists bench-tasks bench-conversion bench-kinds bench-shared-student bench-signals bench-thoughts clean
+.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover bench-serving bench-bfcl bench-specialists bench-tasks bench-conversion bench-kinds bench-shared-student bench-signals bench-thoughts bench-flywheel clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -78,6 +78,11 @@ bench-signals: install
 # does gpt-4o's next action depend on its written thought? (ReAct specialists drop it; 3 min)
 bench-thoughts: install
 	$(PY) benchmarks/bench_thoughts.py
+
+# issue 15 in full: dev conversations through the gateway, the flywheel once, promoted tasks live, the test
+# conversations, a drifted teacher and the rollback; served share, agreement, savings (about 40 min on 2 cores)
+bench-flywheel: install
+	$(PY) benchmarks/bench_flywheel.py $(BENCH_ARGS)
 
 # many specialists on one student (llama.cpp): RSS with 1/2/5 specialists, shared pool vs one model each
 bench-shared-student: install

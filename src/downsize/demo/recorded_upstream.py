@@ -32,7 +32,13 @@ def recordings(store: Store, source: str = "tau-airline") -> dict[str, dict[str,
     }
 
 
-def create_recorded_upstream(recorded: dict[str, dict[str, Any]], model: str = "gpt-4o") -> Starlette:
+def create_recorded_upstream(
+    recorded: dict[str, dict[str, Any]], model: str = "gpt-4o", behaviour: dict[str, Any] | None = None
+) -> Starlette:
+    """The recorded gpt-4o. `behaviour["alter"]`, when set (it is read on every request), changes each answer
+    before it is sent: the scenario's drifted teacher."""
+    behaviour = behaviour if behaviour is not None else {}
+
     async def chat(request: Request) -> JSONResponse:
         body = await request.json()
         if body.get("stream"):
@@ -50,7 +56,8 @@ def create_recorded_upstream(recorded: dict[str, dict[str, Any]], model: str = "
             return JSONResponse(
                 {"error": {"message": "no recorded response for these messages", "type": "not_found"}}, 404
             )
-        return JSONResponse({**response, "created": int(time.time())})
+        alter = behaviour.get("alter")
+        return JSONResponse({**(alter(response) if alter else response), "created": int(time.time())})
 
     async def models(_: Request) -> JSONResponse:
         return JSONResponse(

@@ -672,7 +672,7 @@ def create_app(
         watchers = []
         if reload is not None and config.route.reload_s > 0:
             watchers.append(asyncio.create_task(gateway.watch_routing(config.route.reload_s)))
-        if reload is not None and config.rollback.enabled:
+        if reload is not None:  # it checks nothing while rollback is disabled (which can change at run time)
             watchers.append(asyncio.create_task(gateway.watch_rollback(config.rollback.interval_s)))
         try:
             yield
