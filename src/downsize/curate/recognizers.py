@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from downsize.curate.cards import CARD_PATTERNS, card_ok
+from downsize.curate.name_context import names_in_context
 from downsize.curate.names import NOT_PERSON, PLACE_BEFORE, TITLES, NameFilter, english_words
 from downsize.curate.secrets import plausible_secret
 from downsize.errors import ConfigError
@@ -434,7 +435,7 @@ def _make_name_recognizer_class() -> type:
             doc = getattr(nlp_artifacts, "tokens", None)
             out.extend(self._context(text, doc))
             if doc is None:
-                return out
+                return out + self._lists(text, doc, out)
             lower_text = text.islower()
             addresses = [(a.start, a.end) for a in find_addresses(text)]
             label = {i: ent.label_ for ent in doc.ents for i in range(ent.start, ent.end)}
@@ -484,7 +485,7 @@ def _make_name_recognizer_class() -> type:
                     if not found and self._by_shape(run, doc, addresses):
                         found = [self._result(run[0].idx, run[-1].idx + len(run[-1].text), self.SHAPED_SCORE)]
                     out.extend(found)
-            return out
+            return out + self._lists(text, doc, out)
 
         def _by_shape(self, run: list[Any], doc: Any, addresses: list[tuple[int, int]]) -> bool:
             """A short run of proper nouns the lexicon does not hold, one or more of them spelled like a name
@@ -539,17 +540,15 @@ def _make_name_recognizer_class() -> type:
             )
 
         def _context(self, text: str, doc: Any) -> list[Any]:
-            """Names found by their context alone (see SPEAKER ... LIST above), then the other members of a
-            list that holds a name found any way ("founders: Kovalev, Lee and Phillips")."""
+            """Names found by their context alone: SPEAKER ... ADDRESSEE above, and the cues of
+            `downsize.curate.name_context` (reported speech, "the X novel", credits, "founders: X, Y")."""
             # 0.9: the context is the evidence, so no second opinion from the dictionary ("Hill", "Mary")
             out = []
-            people: list[tuple[int, int]] = []
-            other: list[tuple[int, int]] = []
             tags: dict[int, str] = {}
+            ner: dict[int, str] = {}
             if doc is not None:
-                people += [(e.start_char, e.end_char) for e in doc.ents if e.label_ == "PERSON"]
-                other += [(e.start_char, e.end_char) for e in doc.ents if e.label_ not in ("PERSON", "NORP")]
                 tags = {t.idx: t.pos_ for t in doc}
+                ner = {t.idx: e.label_ for e in doc.ents for t in e}
             for regex in (self.SPEAKER, self.VOCATIVE, self.POSSESSIVE):  # NER often calls these a place
                 # a speaker's label and "X's daughter" name a person whatever the tagger says ("Hill", "Mary")
                 strong = regex is not self.VOCATIVE
@@ -560,7 +559,27 @@ def _make_name_recognizer_class() -> type:
                 above = self.ADDRESSEE.search(text, max(0, address.start - 80), address.start)
                 if above and all(self._word_ok(w, text) for w in above.group(1).split()):
                     out.append(self._result(above.start(1), above.end(1), 0.9))
-            people += [(r.start, r.end) for r in out]
+
+            def cued(word: str, at: int, vetoes: frozenset[str]) -> bool:
+                label = ner.get(at, "")
+                if label in self.BLOCK or label in vetoes or label == "NORP":
+                    return False
+                return self._word_ok(word, text, tags, at)
+
+            out.extend(self._result(s, e, 0.9) for s, e in names_in_context(text, cued))
+            return out
+
+        def _lists(self, text: str, doc: Any, found: list[Any]) -> list[Any]:
+            """The other members of a list that holds a name found any way ("founders: Kovalev, Lee and
+            Phillips"): by NER, context, lexicon or name-shape."""
+            people = [(r.start, r.end) for r in found]
+            other: list[tuple[int, int]] = []
+            tags: dict[int, str] = {}
+            if doc is not None:
+                people += [(e.start_char, e.end_char) for e in doc.ents if e.label_ == "PERSON"]
+                other += [(e.start_char, e.end_char) for e in doc.ents if e.label_ not in ("PERSON", "NORP")]
+                tags = {t.idx: t.pos_ for t in doc}
+            out: list[Any] = []
             for m in self.LIST.finditer(text):
                 items = [
                     i for i in re.finditer(self.NAME, m.group(0)) if i.group(0).lower() not in ("and", "or")
