@@ -38,7 +38,11 @@ def main() -> None:
     parser.add_argument("--rule", choices=["strict", "parity"], default="parity")
     parser.add_argument("--dev-workflows", type=int, default=None, help="dev conversations (default: all)")
     parser.add_argument("--test-workflows", type=int, default=None, help="test conversations (default: all)")
-    parser.add_argument("--max-units", type=int, default=4, help="units the flywheel trains at most")
+    parser.add_argument("--max-units", type=int, default=2, help="units the flywheel trains at most")
+    parser.add_argument(
+        "--cross-fit", type=int, default=2, help="folds: calibrate on every dev call (0: on validation only)"
+    )
+    parser.add_argument("--epochs", type=float, default=3.0, help="epochs at most, within the budget")
     parser.add_argument("--home", help="DOWNSIZE_HOME to use (default: a new temporary folder)")
     args = parser.parse_args()
     os.environ["DOWNSIZE_HOME"] = args.home or tempfile.mkdtemp(prefix="downsize-flywheel-")
@@ -50,7 +54,11 @@ def main() -> None:
     from downsize.store import Store
 
     flywheel = flywheel_config(
-        max_minutes=args.max_minutes, rule=args.rule, max_units=args.max_units, every_exchanges=None
+        {"train": {"cross_fit": args.cross_fit, "epochs": args.epochs}},
+        max_minutes=args.max_minutes,
+        rule=args.rule,
+        max_units=args.max_units,
+        every_exchanges=None,
     )
     flywheel.eval = EvalConfig(risk=RISK)
     config = ScenarioConfig(

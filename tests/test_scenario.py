@@ -84,6 +84,7 @@ def test_scenario_goes_live_then_rolls_back_after_the_drift(tmp_path: Path) -> N
     assert out["before"]["served"] == 0 and out["before"]["calls"] > 1000  # logging only
     assert out["flywheel"]["units"] == {unit: "live"}
     [task] = out["live_after_flywheel"]
+    assert task == unit  # the specialist's task is the unit as named, not the keys it expands to
     after = out["after"]
     assert after["served"] > 0 and after["agreement"] is not None and after["rolled_back"] == []
     drift = out["drift"]

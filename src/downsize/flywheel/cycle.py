@@ -385,8 +385,8 @@ class _Turn:
                 "reason": f"version {specialist_id} stays a candidate: {gate.reason}",
             }
         shadow = promotion_gate(sp, "shadow", c.target, c.min_served)
-        if not shadow.allowed:
-            return {"outcome": "candidate", "reason": shadow.reason}
+        if not shadow.allowed:  # both reasons: why not live (the rule asked for) and why not even shadow
+            return {"outcome": "candidate", "reason": f"not live: {gate.reason}; not shadow: {shadow.reason}"}
         set_mode(
             self.store,
             sp,

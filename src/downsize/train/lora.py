@@ -74,7 +74,9 @@ def train_specialist(
         train_stats["cross_fit"] = train_folds(store, config, contract, out_dir, result.tokens, progress)
     specialist = Specialist(
         name=config.specialist,
-        task=",".join(config.tasks) if config.tasks else config.specialist,
+        # the tasks as the user (or the flywheel) named them: `tool:NAME` stays one task across discovery runs,
+        # while the keys it expands to (config["tasks"], the routing scope) may change
+        task=",".join(requested) if requested else config.specialist,
         base_model=config.student,
         adapter_path=str(out_dir),
         config={**asdict(config), "task_tools": tools, "contract": contract.to_dict(), "sites": sites},
