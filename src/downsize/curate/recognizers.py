@@ -6,9 +6,9 @@ bearer tokens and JWTs, private keys, passwords), international phone numbers wi
 sides, payment ids, card last-4 and birth dates with context, street addresses, a person-name recognizer
 (Faker's first and last names of 34 locales, titles, "my name is" cues, and context that needs no name
 list: a speaker's label, a vocative, "X's daughter", the addressee line above an address, the other
-members of a list that holds a name; for names the list lacks, a spelling like a name's and NER's
-call in running prose, see `downsize.curate.names`) that rescues names the NER model misses or calls
-an organisation, and the user's own patterns. `pii_ner: md` swaps the small spaCy model for
+members of a list that holds a name, and the cues of `downsize.curate.name_context`; for names the list
+lacks, a spelling like a name's and NER's call in running prose, see `downsize.curate.names`) that
+rescues names the NER model misses or calls an organisation, and the user's own patterns. `pii_ner: md` swaps the small spaCy model for
 en_core_web_md (see `NER_MODELS`). presidio is imported inside functions only.
 """
 
