@@ -198,3 +198,38 @@ def test_parity_on_tools_nobody_declared_read_only_says_how_to_declare_them() ->
     result = promotion_gate(sp, "live", rule="parity")
     # 60 calls cannot show 0.95 (the sequence starts at 118), and nothing is declared read-only
     assert not result.allowed and "--read-only" in result.reason and "readOnlyHint" in result.reason
+
+
+def test_calibration_calls_are_never_scored_by_weights_fitted_on_them() -> None:
+    """The learned combination is fitted on the calibration calls; scored with those weights they rank in-sample
+    and the threshold overstates what new calls get. Each is scored by weights fitted on the other groups."""
+    from downsize.evaluate.crossfit import SignalChoice, _fit_weights, apply_signal_out_of_fold
+    from downsize.evaluate.metrics import auroc
+
+    n, fitted, honest = 60, [], []
+    for seed in range(10):  # signals that say nothing about the labels, ten draws
+        rng = random.Random(seed)
+        agrees = [rng.random() < 0.5 for _ in range(n)]
+        groups = [i % 3 for i in range(n)]
+
+        def fresh(seed: int = seed) -> list[Decision]:
+            r = random.Random(seed + 100)
+            return [_decision(-r.uniform(0, 3), -r.uniform(0, 3), -r.uniform(0, 3)) for _ in range(n)]
+
+        rows = [d.details["signals"] for d in fresh()]
+        choice = SignalChoice("learned", _fit_weights(rows, agrees), {}, n)
+        in_sample, out_of_fold = fresh(), fresh()
+        apply_signal(in_sample, choice)
+        apply_signal_out_of_fold(out_of_fold, agrees, groups, choice)
+        others = [i for i in range(n) if groups[i] != 0]
+        held = _fit_weights([rows[i] for i in others], [agrees[i] for i in others])
+        assert out_of_fold[0].confidence == pytest.approx(confidence_of("learned", rows[0], held))
+        fitted.append(auroc([d.confidence for d in in_sample], agrees) or 0.0)
+        honest.append(auroc([d.confidence for d in out_of_fold], agrees) or 0.0)
+    # noise looks like signal in-sample (about 0.61 here), not out of fold (about 0.46)
+    assert sum(fitted) / 10 > 0.58 and sum(honest) / 10 < 0.53
+    assert all(f > h for f, h in zip(fitted, honest, strict=True))
+    # a signal with nothing fitted is applied as it is
+    plain = fresh()
+    apply_signal_out_of_fold(plain, agrees, groups, SignalChoice("token_mean"))
+    assert [d.confidence for d in plain] == [d.details["signals"]["token_mean"] for d in plain]

@@ -464,3 +464,12 @@ def test_report_renders_in_headless_chromium(built: dict[str, Any], tmp_path: Pa
     drawn = sum(1 for p in pixels if p != (255, 255, 255)) / len(pixels)
     assert len(colours) >= 20, f"only {len(colours)} colours: the page looks blank"
     assert drawn > 0.05, f"only {drawn:.1%} of the screenshot is not white"
+
+
+def test_a_short_span_is_drawn_by_the_minute() -> None:
+    from downsize.report.figures import bucket_start
+
+    stamp = "2026-12-06T19:41:06.537+00:00"
+    assert bucket_start(stamp, "minute") == "2026-12-06 19:41"
+    assert bucket_start(stamp, "hour") == "2026-12-06 19:00"
+    assert bucket_start(stamp, "day") == "2026-12-06"

@@ -106,10 +106,17 @@ def route(
             "no specialists yet: run `downsize train`, `downsize eval`, then `downsize route TASK shadow`"
         )
         return
-    click.echo(f"{'task':<34} {'specialist':<26} {'mode':<7} {'traffic':>7}  {'changed by':<10} reason")
+    for r in rows:
+        r["who"] = f"{r['specialist_id']} {r['specialist']}"
+    task_w = min(40, max(4, *(len(r["task"]) for r in rows)))
+    who_w = min(40, max(10, *(len(r["who"]) for r in rows)))
+    click.echo(
+        f"{'task':<{task_w}} {'specialist':<{who_w}} {'mode':<7} {'traffic':>7}  {'changed by':<10} reason"
+    )
     for r in rows:
         share = f"{r['traffic']:.0%}" if r["traffic"] is not None else "-"
+        reason = r["reason"] or ""
         click.echo(
-            f"{r['task'][:34]:<34} {(str(r['specialist_id']) + ' ' + r['specialist'])[:26]:<26} {r['mode']:<7} "
-            f"{share:>7}  {(r['changed_by'] or '-'):<10} {(r['reason'] or '')[:70]}"
+            f"{r['task'][:task_w]:<{task_w}} {r['who'][:who_w]:<{who_w}} {r['mode']:<7} {share:>7}  "
+            f"{(r['changed_by'] or '-'):<10} {reason if len(reason) <= 90 else reason[:89] + '…'}".rstrip()
         )

@@ -27,7 +27,13 @@ from downsize.decide.decision import Decider, Decision, Plan, decider_of, scope_
 from downsize.decide.risk import RiskPolicy
 from downsize.errors import ConfigError
 from downsize.evaluate.ceiling import RECENT_TURNS, teacher_ceiling
-from downsize.evaluate.crossfit import apply_signal, choose_signal, fold_decisions, groups_of
+from downsize.evaluate.crossfit import (
+    apply_signal,
+    apply_signal_out_of_fold,
+    choose_signal,
+    fold_decisions,
+    groups_of,
+)
 from downsize.evaluate.metrics import (
     DELTA,
     TARGETS,
@@ -265,7 +271,8 @@ def evaluate_specialist(
         groups = groups_of(calibration, 4)
     cal_agrees = [scored(ex, d, contract).agrees for ex, d in zip(calibration, cal_decisions, strict=True)]
     signal = choose_signal(cal_decisions, cal_agrees, groups)
-    apply_signal([*cal_decisions, *all_decisions], signal)
+    apply_signal(all_decisions, signal)  # what serving computes: weights fitted on every calibration call
+    apply_signal_out_of_fold(cal_decisions, cal_agrees, groups, signal)  # never in-sample
     cal_scored = [scored(ex, d, contract) for ex, d in zip(calibration, cal_decisions, strict=True)]
     val_scored = cal_scored[: len(validation)]  # fold 0: the specialist's own held-out workflows
     all_scored = [scored(ex, d, contract) for ex, d in zip(test_all, all_decisions, strict=True)]

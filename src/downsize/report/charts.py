@@ -39,8 +39,10 @@ def timeline_svg(buckets: Sequence[Bucket], unit: str) -> str:
     step = max(1, n // 8)
     for i, b in enumerate(buckets):
         if i % step == 0 or i == n - 1:
+            # the first and last labels align to the plot's edges, so neither is cut off
+            anchor = "middle" if n == 1 or 0 < i < n - 1 else "start" if i == 0 else "end"
             parts.append(
-                f'<text x="{sx(i):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle" font-size="10">'
+                f'<text x="{sx(i):.1f}" y="{TOP + plot_h + 16}" text-anchor="{anchor}" font-size="10">'
                 f"{html.escape(b.start)}</text>"
             )
     parts.append(

@@ -29,6 +29,7 @@ from downsize.types import PROBE_ROUTE, Exchange, Specialist
 Progress = Callable[[str], None]
 NOT_FALLBACKS = ("served", "shadow", "canary_holdout")  # decided, not fallen back
 HOURLY_SPAN = timedelta(days=2)  # a shorter span is bucketed by the hour, a longer one by the day
+MINUTE_SPAN = timedelta(hours=3)  # ... and a span this short by the minute (a test run, a replay)
 
 
 @dataclass
@@ -279,6 +280,8 @@ def bucket_start(stamp: str, unit: str) -> str:
     when = _when(stamp)
     if unit == "day":
         return when.strftime("%Y-%m-%d")
+    if unit == "minute":
+        return when.strftime("%Y-%m-%d %H:%M")
     return when.strftime("%Y-%m-%d %H:00")
 
 
@@ -291,7 +294,8 @@ def _routing(
     if not decisions:
         return taken
     stamps = [_when(d["created_at"]) for d in decisions]
-    figures.bucket_unit = "hour" if max(stamps) - min(stamps) <= HOURLY_SPAN else "day"
+    span = max(stamps) - min(stamps)
+    figures.bucket_unit = "minute" if span <= MINUTE_SPAN else "hour" if span <= HOURLY_SPAN else "day"
     buckets: dict[str, Bucket] = {}
 
     def bucket(stamp: str) -> Bucket:
