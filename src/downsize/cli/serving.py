@@ -308,12 +308,22 @@ def specialist_worker(
     help="K >= 2: split the budget over the specialist and K-1 fold models and calibrate on every dev call "
     "(2,023 calls instead of ~270: what lets the demo serve); 0: calibrate on the validation part only.",
 )
+@click.option(
+    "--student",
+    default="smollm2-135m",
+    show_default=True,
+    help="Catalog name (smollm2-135m, gemma3-270m), Hugging Face id or local folder.",
+)
 @engine_option("Engine to calibrate and serve on.")
-def demo(max_minutes: float, data: Path | None, engine: str, cross_fit: int) -> None:
+def demo(max_minutes: float, data: Path | None, engine: str, cross_fit: int, student: str) -> None:
     """The embedded default end to end: import, train, eval, then replay the test split through the gateway."""
     from downsize.demo.run import run_demo
 
     summary = run_demo(
-        data or default_tau_airline(), train_minutes=max_minutes, engine=engine, cross_fit=cross_fit
+        data or default_tau_airline(),
+        train_minutes=max_minutes,
+        student=student,
+        engine=engine,
+        cross_fit=cross_fit,
     )
     click.echo(json.dumps(summary, indent=2))
