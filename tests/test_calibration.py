@@ -233,3 +233,22 @@ def test_calibration_calls_are_never_scored_by_weights_fitted_on_them() -> None:
     plain = fresh()
     apply_signal_out_of_fold(plain, agrees, groups, SignalChoice("token_mean"))
     assert [d.confidence for d in plain] == [d.details["signals"]["token_mean"] for d in plain]
+
+
+def test_the_design_effect_counts_workflows_that_agree_or_fail_together() -> None:
+    from downsize.evaluate.metrics import design_effect, effective_lower95, wilson_lower
+
+    # every workflow all right or all wrong: each is one piece of evidence, however many calls it has
+    icc, deff = design_effect([(10, 10), (10, 0), (10, 10), (10, 0)])
+    assert icc == pytest.approx(1.0) and deff == pytest.approx(10.0)
+    # the same rate spread evenly: nothing is shared within a workflow (ANOVA estimator clips at 0)
+    icc, deff = design_effect([(10, 5), (10, 5), (10, 5), (10, 5)])
+    assert icc == 0.0 and deff == 1.0
+    # hand-computed: p = 0.5, between = (10 * 0.16 + 10 * 0.16) / 1 = 3.2, within = (9 * 0.1 + 1 * 0.9) / 18
+    # = 0.1, m0 = (20 - 200 / 20) / 1 = 10, icc = (3.2 - 0.1) / (3.2 + 9 * 0.1) = 0.756, deff = 1 + 9 * 0.756
+    icc, deff = design_effect([(10, 9), (10, 1)])
+    assert icc == pytest.approx(3.1 / 4.1) and deff == pytest.approx(1 + 9 * 3.1 / 4.1)
+    assert design_effect([(12, 7)]) == (0.0, 1.0)  # one workflow: nothing to compare
+    # counting 40 calls as 4 lowers the bound; a design effect of 1 leaves it as it was
+    assert effective_lower95(36, 40, 10.0) < wilson_lower(36, 40) - 0.3
+    assert effective_lower95(36, 40, 1.0) == pytest.approx(wilson_lower(36, 40))

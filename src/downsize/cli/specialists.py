@@ -213,6 +213,14 @@ def eval_cmd(
             "(`promote --rule parity` serves only read-only tools at parity; others need the strict target)"
         )
     cal = report.calibration or {}
+    clustering = cal.get("workflows") or {}
+    if clustering.get("workflows"):
+        click.echo(
+            f"  workflows            {clustering['workflows']} workflows hold the {clustering['valid_answers']} "
+            f"valid calibration answers; correlation within a workflow {clustering['intra_workflow_correlation']:.2f}"
+            f", design effect {clustering['design_effect']:.2f}: they weigh as about "
+            f"{clustering['valid_answers'] / clustering['design_effect']:.0f} independent calls"
+        )
     if thr is None:
         click.echo(
             f"  no threshold shows {config.target_agreement:.0%} agreement on the {report.validation.calls} "
@@ -235,9 +243,16 @@ def eval_cmd(
             f"  threshold            {thr:.4f} (signal {signal}; Learn-then-Test at delta {cal.get('delta', 0.05)} "
             f"on {where})"
         )
+        effective = clustering.get("at_threshold") or {}
         click.echo(
             f"  calibration at thr   served {v.served} ({v.served_share:.1%} of {noun}), "
             f"agreement {v.agreement:.3f}"
+            + (
+                f" (lower95 {effective['agreement_lower95']:.3f} counting calls, "
+                f"{effective['agreement_lower95_effective']:.3f} counting workflows' evidence)"
+                if effective
+                else ""
+            )
         )
         a = report.test.at_threshold
         click.echo(

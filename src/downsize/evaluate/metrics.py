@@ -21,6 +21,39 @@ def wilson_lower(successes: int, n: int, z: float = 1.959964) -> float:
     return max(0.0, (centre - margin) / denom)
 
 
+def design_effect(clusters: Sequence[tuple[int, int]]) -> tuple[float, float]:
+    """(intra-cluster correlation, design effect) of a right/wrong outcome observed in clusters of (calls,
+    right) - a workflow's calls, which agree or fail together when its trials repeat the same steps. The
+    correlation is the one-way ANOVA estimator (clipped at 0), the design effect Kish's 1 + (m0 - 1) * icc with
+    m0 the size-weighted mean cluster size: n calls carry the evidence of about n / design effect independent
+    ones. (0, 1) when there are fewer than two clusters or no outcome varies."""
+    sized = [(n, k) for n, k in clusters if n > 0]
+    total = sum(n for n, _ in sized)
+    groups = len(sized)
+    if groups < 2 or total <= groups:
+        return 0.0, 1.0
+    p = sum(k for _, k in sized) / total
+    between = sum(n * (k / n - p) ** 2 for n, k in sized) / (groups - 1)
+    within = sum(k * (1 - k / n) for n, k in sized) / (total - groups)
+    m0 = (total - sum(n * n for n, _ in sized) / total) / (groups - 1)
+    denominator = between + (m0 - 1) * within
+    icc = max(0.0, min(1.0, (between - within) / denominator)) if denominator > 0 else 0.0
+    return icc, 1.0 + (m0 - 1) * icc
+
+
+def effective_lower95(agreed: int, served: int, deff: float) -> float:
+    """The Wilson lower bound counting `served` calls as `served / deff` independent ones (same rate)."""
+    if served == 0:
+        return 0.0
+    n = served / max(1.0, deff)
+    p = agreed / served
+    z = 1.959964
+    denom = 1 + z * z / n
+    centre = p + z * z / (2 * n)
+    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - margin) / denom)
+
+
 def exact_match(predicted: ToolCall | None, reference: ToolCall | None) -> bool:
     """Same tool and the same arguments after JSON normalisation; a call where the teacher replied in text is wrong."""
     return predicted is not None and reference is not None and predicted.canonical() == reference.canonical()

@@ -42,10 +42,13 @@ from downsize.evaluate.metrics import (
     by_target,
     calibrate,
     curve,
+    design_effect,
+    effective_lower95,
     wilson_lower,
 )
 from downsize.evaluate.probe import request_key
 from downsize.shapes import response_message, tool_calls
+from downsize.splits import workflow_key
 from downsize.store import Store
 from downsize.store.store import now_iso
 from downsize.types import PROBE_ROUTE, Exchange, Specialist
@@ -66,6 +69,34 @@ def scored(ex: Exchange, decision: Decision, contract: OutputContract | None = N
         agrees=decision.valid and contract.agrees(decision.value, ex.response),
         teacher_called=answer_of(contract.kind, ex.response) is not None,
     )
+
+
+def _clustering(calls: list[Exchange], items: list[Scored], threshold: float | None) -> dict[str, Any]:
+    """The calibration answers' correlation within workflows, and what the calls served at the threshold are
+    worth counted by it (`metrics.design_effect`)."""
+    by_workflow: dict[str, list[int]] = {}
+    for ex, item in zip(calls, items, strict=True):
+        if item.valid:
+            counts = by_workflow.setdefault(workflow_key(ex), [0, 0])
+            counts[0] += 1
+            counts[1] += int(item.agrees)
+    icc, deff = design_effect([(n, k) for n, k in by_workflow.values()])
+    facts: dict[str, Any] = {
+        "workflows": len(by_workflow),
+        "valid_answers": sum(n for n, _ in by_workflow.values()),
+        "intra_workflow_correlation": round(icc, 4),
+        "design_effect": round(deff, 3),
+    }
+    if threshold is not None:
+        served = [i for i in items if i.valid and i.confidence >= threshold]
+        agreed = sum(i.agrees for i in served)
+        facts["at_threshold"] = {
+            "served": len(served),
+            "effective_calls": round(len(served) / deff, 1),
+            "agreement_lower95": round(wilson_lower(agreed, len(served)), 4),
+            "agreement_lower95_effective": round(effective_lower95(agreed, len(served), deff), 4),
+        }
+    return facts
 
 
 def decide_all(
@@ -293,6 +324,10 @@ def evaluate_specialist(
         "specialist_fold": asdict(at_threshold(val_scored, threshold)),
         # how far the calibration calls' agreement at the threshold overstates the test calls' (None: no serve)
         "gap": round(cal_at.agreement - test_at.agreement, 4) if cal_at.served and test_at.served else None,
+        # calls of one workflow agree or fail together (a task's trials repeat the same steps): the
+        # bounds above count calls as independent; these count them by the design effect (reported beside,
+        # not yet used by the gate)
+        "workflows": _clustering(calibration, cal_scored, threshold),
         "risk": risk.to_dict(),
         # per risk tier of the tool the specialist would call: its calibration curve (promotion sets a
         # threshold per tier from it; `decide/risk.py`)
