@@ -80,7 +80,7 @@ bench-thoughts: install
 	$(PY) benchmarks/bench_thoughts.py
 
 # issue 15 in full: dev conversations through the gateway, the flywheel once, promoted tasks live, the test
-# conversations, a drifted teacher and the rollback; served share, agreement, savings (about 40 min on 2 cores)
+# conversations, a drifted teacher and the rollback; served share, agreement, savings (about 18 min on 2 cores)
 bench-flywheel: install
 	$(PY) benchmarks/bench_flywheel.py $(BENCH_ARGS)
 
