@@ -10,8 +10,9 @@ from downsize.artifacts import AtThreshold, TargetRow
 from downsize.types import ToolCall
 
 
-def wilson_lower(successes: int, n: int, z: float = 1.959964) -> float:
-    """Lower end of the Wilson score interval (95% by default); 0 for n = 0."""
+def wilson_lower(successes: float, n: float, z: float = 1.959964) -> float:
+    """Lower end of the Wilson score interval (95% by default); 0 for n = 0. Counts may be effective
+    (fractional) ones (`effective_lower95`)."""
     if n == 0:
         return 0.0
     p = successes / n
@@ -43,15 +44,8 @@ def design_effect(clusters: Sequence[tuple[int, int]]) -> tuple[float, float]:
 
 def effective_lower95(agreed: int, served: int, deff: float) -> float:
     """The Wilson lower bound counting `served` calls as `served / deff` independent ones (same rate)."""
-    if served == 0:
-        return 0.0
-    n = served / max(1.0, deff)
-    p = agreed / served
-    z = 1.959964
-    denom = 1 + z * z / n
-    centre = p + z * z / (2 * n)
-    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, (centre - margin) / denom)
+    scale = 1.0 / max(1.0, deff)
+    return wilson_lower(agreed * scale, served * scale)
 
 
 def exact_match(predicted: ToolCall | None, reference: ToolCall | None) -> bool:

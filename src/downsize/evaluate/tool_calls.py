@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from downsize.artifacts import EvalReport, SplitFigures, ToolCallFigures
+from downsize.artifacts import AtThreshold, EvalReport, SplitFigures, ToolCallFigures
 from downsize.backends.engines import resolve_engine, runtime_for
 from downsize.calls import CallSelection, select_calls
 from downsize.config import EvalConfig, home, train_config_of
@@ -71,7 +71,7 @@ def scored(ex: Exchange, decision: Decision, contract: OutputContract | None = N
     )
 
 
-def _clustering(calls: list[Exchange], items: list[Scored], threshold: float | None) -> dict[str, Any]:
+def _clustering(calls: list[Exchange], items: list[Scored], at: AtThreshold | None) -> dict[str, Any]:
     """The calibration answers' correlation within workflows, and what the calls served at the threshold are
     worth counted by it (`metrics.design_effect`)."""
     by_workflow: dict[str, list[int]] = {}
@@ -87,14 +87,12 @@ def _clustering(calls: list[Exchange], items: list[Scored], threshold: float | N
         "intra_workflow_correlation": round(icc, 4),
         "design_effect": round(deff, 3),
     }
-    if threshold is not None:
-        served = [i for i in items if i.valid and i.confidence >= threshold]
-        agreed = sum(i.agrees for i in served)
+    if at is not None:  # the calls served at the calibrated threshold (`at_threshold`)
         facts["at_threshold"] = {
-            "served": len(served),
-            "effective_calls": round(len(served) / deff, 1),
-            "agreement_lower95": round(wilson_lower(agreed, len(served)), 4),
-            "agreement_lower95_effective": round(effective_lower95(agreed, len(served), deff), 4),
+            "served": at.served,
+            "effective_calls": round(at.served / deff, 1),
+            "agreement_lower95": round(at.agreement_lower95, 4),
+            "agreement_lower95_effective": round(effective_lower95(at.agreed, at.served, deff), 4),
         }
     return facts
 
@@ -327,7 +325,7 @@ def evaluate_specialist(
         # calls of one workflow agree or fail together (a task's trials repeat the same steps): the
         # bounds above count calls as independent; these count them by the design effect (reported beside,
         # not yet used by the gate)
-        "workflows": _clustering(calibration, cal_scored, threshold),
+        "workflows": _clustering(calibration, cal_scored, cal_at if threshold is not None else None),
         "risk": risk.to_dict(),
         # per risk tier of the tool the specialist would call: its calibration curve (promotion sets a
         # threshold per tier from it; `decide/risk.py`)
