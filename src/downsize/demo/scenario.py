@@ -20,6 +20,8 @@ changes later calls, as in the demo. The recorded upstream stands in for gpt-4o,
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -57,9 +59,6 @@ class ScenarioConfig:
 
 def swap_case_arguments(response: dict[str, Any]) -> dict[str, Any]:
     """The drifted teacher: the same answer, with every string argument of its tool calls in inverted case."""
-    import copy
-    import json
-
     drifted = copy.deepcopy(response)
     for choice in drifted.get("choices") or []:
         for call in (choice.get("message") or {}).get("tool_calls") or []:
