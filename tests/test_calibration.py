@@ -9,7 +9,7 @@ import pytest
 
 from downsize.decide.decision import Decider, Decision, Plan, confidence_of
 from downsize.evaluate.crossfit import apply_signal, choose_signal
-from downsize.types import Generation
+from downsize.types import Generation, Specialist
 
 
 def _decision(token_min: float, token_mean: float, gate: float = 0.0) -> Decision:
@@ -252,3 +252,86 @@ def test_the_design_effect_counts_workflows_that_agree_or_fail_together() -> Non
     # counting 40 calls as 4 lowers the bound; a design effect of 1 leaves it as it was
     assert effective_lower95(36, 40, 10.0) < wilson_lower(36, 40) - 0.3
     assert effective_lower95(36, 40, 1.0) == pytest.approx(wilson_lower(36, 40))
+
+
+def _clustered(per_workflow: list[tuple[str, int, bool, float]]) -> list:
+    """Scored calls: (workflow, calls, all agree, confidence) - every call of a workflow alike."""
+    from downsize.evaluate.metrics import Scored
+
+    return [
+        Scored(confidence=conf - i * 1e-4, valid=True, agrees=agrees, teacher_called=True, workflow=wf)
+        for wf, n, agrees, conf in per_workflow
+        for i in range(n)
+    ]
+
+
+def test_thresholds_count_evidence_by_the_served_calls_workflows() -> None:
+    from downsize.evaluate.metrics import (
+        binomial_upper_tail,
+        calibrate,
+        curve,
+        effective_tail,
+        intra_workflow_correlation,
+        sized_design_effect,
+    )
+
+    # hand-computed: 2 + 2 calls at correlation 0.5 -> size-weighted mean 2 -> 1 + (2 - 1) * 0.5
+    assert sized_design_effect([2, 2], 0.5) == pytest.approx(1.5)
+    assert sized_design_effect([1, 1, 1], 0.9) == pytest.approx(1.0)  # one call a workflow: nothing shared
+    # fractional evidence is made whole on the cautious side: 10.4 calls with 0.9 failures -> 9 of 10
+    assert effective_tail(9.5, 10.4, 0.7) == pytest.approx(binomial_upper_tail(9, 10, 0.7))
+
+    # three workflows of 20 calls that all agree, ranked above two of 20 that all fail: by calls, 60 of 60
+    # show 0.80; but each workflow agreed or failed as one, so the 60 are worth about 3 calls: no threshold
+    together = _clustered([("a", 20, True, 0.9), ("b", 20, True, 0.8), ("c", 20, True, 0.7)])
+    together += _clustered([("d", 20, False, 0.2), ("e", 20, False, 0.1)])
+    icc = intra_workflow_correlation(together)
+    assert icc == pytest.approx(1.0)
+    at_60 = next(p for p in curve(together) if p.served == 60)  # 3 workflows of 20
+    assert at_60.design_effect == pytest.approx(20.0, rel=0.01)
+    assert calibrate(together, 0.80, count="calls") is not None
+    assert calibrate(together, 0.80) is None  # by workflows, the default
+
+    # the same correlation, but the confident calls spread one per workflow: counted by workflows they keep
+    # their weight (design effect 1 among the served), and every one of the 60 is served
+    spread = _clustered([(f"w{i}", 1, True, 0.9 - i * 1e-3) for i in range(60)])
+    spread += [s for s in together if s.workflow in ("d", "e")]
+    spread += _clustered([("a", 20, True, 0.3), ("b", 20, True, 0.3)])  # workflows whose calls cluster
+    at_60 = next(p for p in curve(spread) if p.served == 60)
+    assert at_60.design_effect == pytest.approx(1.0)
+    threshold = calibrate(spread, 0.80)
+    assert threshold is not None and threshold <= at_60.threshold
+    # past them, the clustered workflows weigh as few calls: counting calls serves deeper than workflows
+    assert calibrate(spread, 0.80, count="calls") < threshold
+
+
+def test_the_gate_counts_by_workflows_and_shows_the_laxer_count_beside() -> None:
+    from dataclasses import asdict
+
+    from downsize.evaluate.metrics import curve
+    from downsize.evaluate.promotion import promotion_gate
+
+    items = _clustered([("a", 20, True, 0.9), ("b", 20, True, 0.8), ("c", 20, True, 0.7)])
+    items += _clustered([("d", 20, False, 0.2), ("e", 20, False, 0.1)])
+    tiers = {"read_only": {"calls": len(items), "curve": [asdict(p) for p in curve(items)]}}
+    metrics = {
+        "eval": {
+            "target_agreement": 0.95,
+            "validation": {"curve": [], "at_threshold": {}},
+            "teacher_ceiling": {"agreement": 0.85, "pairs": 400, "situations": 80},
+            "calibration": {"tiers": tiers},
+        }
+    }
+    sp = Specialist("t", "t", "smollm2-135m", "/a", {}, "h", id=2, threshold=None, metrics=metrics)
+    by_workflows = promotion_gate(sp, "live", rule="parity")
+    assert not by_workflows.allowed and by_workflows.evidence["count"] == "workflows"
+    assert by_workflows.evidence["tier_thresholds"]["read_only"] is None
+    assert by_workflows.evidence["tier_thresholds_by_calls"]["read_only"] is not None  # shown, not served
+    by_calls = promotion_gate(sp, "live", rule="parity", count="calls")
+    assert by_calls.allowed and by_calls.evidence["count"] == "calls"
+    # a report written before design effects were stored is judged by calls, and the evidence says so
+    for p in tiers["read_only"]["curve"]:
+        p.pop("design_effect")
+        p.pop("agreement_lower95_effective")
+    older = promotion_gate(sp, "live", rule="parity")
+    assert older.allowed and "predates workflow counts" in older.evidence["count"]

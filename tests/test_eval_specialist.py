@@ -139,7 +139,11 @@ def test_cross_fitted_calibration_never_scores_a_call_with_a_model_trained_on_it
     # one workflow, so no request recurs across folds)
     assert cal["seen_dropped"] == {"0": 0, "1": 0, "2": 0}
     assert set(cal["signal"]["auroc"]) == {"min", "token_min", "token_mean", "gate", "learned"}
-    # the calibration answers' correlation within workflows, reported beside the per-call bounds
+    # the calibration answers' correlation within workflows; thresholds count served calls by it
     clustering = cal["workflows"]
     assert clustering["valid_answers"] == cal["signal"]["calls"] and clustering["workflows"] >= 2
     assert 0.0 <= clustering["intra_workflow_correlation"] <= 1.0 and clustering["design_effect"] >= 1.0
+    assert clustering["count"] == "workflows"
+    for point in report.validation.curve:  # each point's served calls weigh as served / design effect
+        assert point["design_effect"] >= 1.0 and point["served"] / point["design_effect"] <= point["served"]
+        assert point["agreement_lower95_effective"] <= point["agreement_lower95"] + 1e-9

@@ -160,6 +160,15 @@ class AtThreshold:
     served_share: float = 0.0
     agreement: float = 0.0
     agreement_lower95: float = 0.0
+    # the served calls counted by their workflows (`metrics.sized_design_effect`); None in older reports
+    design_effect: float | None = None
+    agreement_lower95_effective: float | None = None
+
+    def lower95(self, count: str = "workflows") -> float:
+        """The agreement's lower bound as the gate counts evidence: by workflows where measured, else calls."""
+        if count == "workflows" and self.agreement_lower95_effective is not None:
+            return self.agreement_lower95_effective
+        return self.agreement_lower95
 
 
 def fold_dir(adapter_path: str | Path, fold: int) -> Path:

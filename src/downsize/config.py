@@ -144,6 +144,15 @@ class EvalConfig:
     # tool tiers by name pattern (`decide/risk.py`): {read_only: [get_*, ...], destructive: [cancel_*, ...]};
     # annotations the agent sends with its tools come first; every other tool is strict
     risk: dict[str, list[str]] = field(default_factory=dict)
+    # how served calls count as evidence for the threshold: "workflows" (calls of one workflow agree or fail
+    # together: counted by the design effect) or "calls" (as independent: the laxer rule)
+    count: str = "workflows"
+
+    def __post_init__(self) -> None:
+        from downsize.evaluate.metrics import COUNTS
+
+        if self.count not in COUNTS:
+            raise ConfigError(f"eval count must be one of {', '.join(COUNTS)}, not {self.count!r}")
 
 
 PROBE_MODES = ("shadow", "live")

@@ -39,6 +39,19 @@ def engine_option(what: str) -> Any:
     )
 
 
+def count_option(default: str | None = "workflows") -> Any:
+    """`--count`: how a gate counts served calls as evidence."""
+    return click.option(
+        "--count",
+        type=click.Choice(["workflows", "calls"]),
+        default=default,
+        show_default=default is not None,
+        help="How served calls count as evidence: workflows (calls of one workflow agree or fail together, "
+        "so they weigh as calls / design effect) or calls (as independent: the laxer rule, bounds too narrow "
+        "where an agent's workflows repeat their steps).",
+    )
+
+
 def open_store(db: str | None) -> Any:
     from downsize.store import Store
 

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from downsize.cli.options import db_option, json_option, open_store
+from downsize.cli.options import count_option, db_option, json_option, open_store
 
 
 @click.command()
@@ -22,6 +22,7 @@ from downsize.cli.options import db_option, json_option, open_store
     show_default=True,
     help="live: the promotion rule its gate applies.",
 )
+@count_option()
 @click.option("--force", is_flag=True, help="Route without the gate (recorded as forced).")
 @click.option("--reason", default="", help="Why, kept with the change.")
 @click.option(
@@ -39,6 +40,7 @@ def route(
     mode: str | None,
     traffic: float | None,
     rule: str,
+    count: str,
     force: bool,
     reason: str,
     check: bool,
@@ -89,7 +91,15 @@ def route(
         if mode is None:
             raise DownsizeError("give the mode too: downsize route TASK off|shadow|canary|live")
         change = set_mode(
-            store, task, mode, traffic=traffic, rule=rule, force=force, actor="cli", reason=reason
+            store,
+            task,
+            mode,
+            traffic=traffic,
+            rule=rule,
+            count=count,
+            force=force,
+            actor="cli",
+            reason=reason,
         )
         share = f" ({change.traffic:.0%} of its traffic)" if change.traffic is not None else ""
         click.echo(

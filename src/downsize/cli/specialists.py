@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from downsize.cli.options import config_option, db_option, engine_option, json_option, open_store
+from downsize.cli.options import (
+    config_option,
+    count_option,
+    db_option,
+    engine_option,
+    json_option,
+    open_store,
+)
 from downsize.config import TRAIN_KINDS, TRAIN_METHODS, EvalConfig, TrainConfig, load_yaml, resolve
 from downsize.errors import DownsizeError
 
@@ -139,6 +146,7 @@ def _train_suitable(store: Any, config: TrainConfig, budget_minutes: float) -> N
     "the agent annotates (MCP readOnlyHint / destructiveHint) need none; every other tool is strict.",
 )
 @click.option("--destructive", help="Tool-name patterns that destroy or pay: served only at 0.99 agreement.")
+@count_option(default=None)
 @engine_option("Engine to calibrate on (serve on the same one).")
 @db_option
 def eval_cmd(
@@ -219,7 +227,8 @@ def eval_cmd(
             f"  workflows            {clustering['workflows']} workflows hold the {clustering['valid_answers']} "
             f"valid calibration answers; correlation within a workflow {clustering['intra_workflow_correlation']:.2f}"
             f", design effect {clustering['design_effect']:.2f}: they weigh as about "
-            f"{clustering['valid_answers'] / clustering['design_effect']:.0f} independent calls"
+            f"{clustering['valid_answers'] / clustering['design_effect']:.0f} independent calls; thresholds count "
+            f"served calls by {clustering.get('count', 'calls')}"
         )
     if thr is None:
         click.echo(
@@ -307,9 +316,17 @@ def eval_cmd(
     "a situation recurs) minus --margin, and the threshold becomes the one that serves most at parity.",
 )
 @click.option("--margin", type=float, default=0.05, show_default=True, help="With --rule parity.")
+@count_option()
 @db_option
 def promote(
-    specialist: str, to: str | None, target: float, min_served: int, rule: str, margin: float, db: str | None
+    specialist: str,
+    to: str | None,
+    target: float,
+    min_served: int,
+    rule: str,
+    margin: float,
+    count: str,
+    db: str | None,
 ) -> None:
     """Move a specialist candidate -> shadow -> live, only when its gate holds on held-out calls.
 
@@ -323,7 +340,7 @@ def promote(
     sp = store.specialist(specialist)
     assert sp.id is not None
     to = to or (ORDER[ORDER.index(sp.status) + 1] if sp.status in ORDER[:-1] else "live")
-    result = promotion_gate(sp, to, target, min_served, rule=rule, margin=margin)
+    result = promotion_gate(sp, to, target, min_served, rule=rule, margin=margin, count=count)
     if not result.allowed:
         raise DownsizeError(f"cannot promote specialist {sp.name} (id {sp.id}) to {to}: {result.reason}")
     record_promotion(store, sp, to, result)  # the status, its threshold and the figures behind the decision

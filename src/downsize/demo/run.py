@@ -138,7 +138,9 @@ def run_demo(
     _say(
         f"served {summary['served']}/{summary['tool_calls']} tool calls ({summary['served_share']:.1%}), "
         f"agreement with gpt-4o {summary['agreement'] if summary['served'] else 'n/a'} "
-        f"(lower95 {summary['agreement_lower95']}); fallbacks {summary['fallbacks']}; "
+        f"(lower95 {summary['agreement_lower95']}); rule {summary['rule_served']}, evidence counted by "
+        f"{summary['count']} (counting calls as independent would serve "
+        f"{summary['parity_by_calls']['served_share']:.1%} at parity); fallbacks {summary['fallbacks']}; "
         f"wall {summary['wall_minutes']} min; summary: {summary_path}"
     )
     return summary
@@ -168,6 +170,8 @@ def prove_specialist(
     # own agreement, read-only tools only); otherwise shadow (log, never serve)
     gate_live = promotion_gate(specialist, "live")
     gate_parity = promotion_gate(specialist, "live", rule="parity")
+    # the laxer count (calls as independent), measured beside and never served on
+    by_calls = promotion_gate(specialist, "live", rule="parity", count="calls")
     rule = "strict" if gate_live.allowed else "parity" if gate_parity.allowed else "none"
     if rule == "parity":
         gate_live = gate_parity
@@ -278,6 +282,8 @@ def prove_specialist(
         "rule_served": rule,  # strict (the 95% target's bound), parity (non-inferiority), none
         "served_share_strict": report.test.at_threshold.served_share if report.threshold is not None else 0.0,
         **_at_parity(report, gate_parity, rule, served, agreed, tool_call_count),
+        "count": gate_parity.evidence.get("count"),  # how the gates counted evidence: workflows, or calls
+        "parity_by_calls": _offline(report, by_calls),
         "tier_thresholds": gate_live.evidence.get("tier_thresholds") if status == "live" else None,
         "served_by_tier": _by_tier(replayed, logged, run_id, risk),
         "test_curve": report.test_tool_calls.curve,
@@ -333,13 +339,25 @@ def _at_parity(
             "agreement_parity": round(agreed / served, 4) if served else None,
             "agreement_parity_lower95": round(wilson_lower(agreed, served), 4),
         }
-    measured = served_on_test(report, gate)  # offline, from the report's test curves (per risk tier)
-    n, k, calls = measured or (0, 0, 0)
+    offline = _offline(report, gate)
     return {
         "parity": parity,
-        "served_share_parity": round(n / calls, 4) if calls else 0.0,
-        "agreement_parity": round(k / n, 4) if n else None,
-        "agreement_parity_lower95": round(wilson_lower(k, n), 4),
+        "served_share_parity": offline["served_share"],
+        "agreement_parity": offline["agreement"],
+        "agreement_parity_lower95": offline["agreement_lower95"],
+    }
+
+
+def _offline(report: Any, gate: Any) -> dict[str, Any]:
+    """What a gate's thresholds serve of the test split, from the report's test curves (per risk tier)."""
+    n, k, calls = served_on_test(report, gate) or (0, 0, 0)
+    return {
+        "allowed": gate.allowed,
+        "tier_thresholds": gate.evidence.get("tier_thresholds"),
+        "served": n,
+        "served_share": round(n / calls, 4) if calls else 0.0,
+        "agreement": round(k / n, 4) if n else None,
+        "agreement_lower95": round(wilson_lower(k, n), 4),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from downsize.artifacts import AtThreshold, TargetRow
 from downsize.types import ToolCall
@@ -48,6 +49,34 @@ def effective_lower95(agreed: int, served: int, deff: float) -> float:
     return wilson_lower(agreed * scale, served * scale)
 
 
+def intra_workflow_correlation(items: Sequence[Scored]) -> float:
+    """How strongly the valid answers' agreement clusters by workflow (`design_effect`'s correlation); calls
+    without a workflow are clusters of one."""
+    clusters: dict[object, list[int]] = {}
+    for i, s in enumerate(items):
+        if s.valid:
+            counts = clusters.setdefault(s.workflow if s.workflow is not None else i, [0, 0])
+            counts[0] += 1
+            counts[1] += int(s.agrees)
+    return design_effect([(n, k) for n, k in clusters.values()])[0]
+
+
+def sized_design_effect(sizes: Sequence[int], icc: float) -> float:
+    """Kish's design effect 1 + (m - 1) * icc of calls falling `sizes` to a workflow, m the size-weighted mean
+    size: the correlation is the outcome's (measured over every valid answer), the sizes those of the calls a
+    threshold serves, so a threshold serving a few calls from each of many workflows loses little."""
+    total = sum(sizes)
+    if total == 0:
+        return 1.0
+    return 1.0 + (sum(n * n for n in sizes) / total - 1.0) * max(0.0, icc)
+
+
+COUNTS = (
+    "workflows",
+    "calls",
+)  # how served calls are counted as evidence: by their workflows, or as independent
+
+
 def exact_match(predicted: ToolCall | None, reference: ToolCall | None) -> bool:
     """Same tool and the same arguments after JSON normalisation; a call where the teacher replied in text is wrong."""
     return predicted is not None and reference is not None and predicted.canonical() == reference.canonical()
@@ -61,6 +90,7 @@ class Scored:
     valid: bool
     agrees: bool
     teacher_called: bool  # the teacher answered with a tool call (not text)
+    workflow: str | None = None  # calls of one workflow agree or fail together (None: a cluster of its own)
 
 
 @dataclass
@@ -71,21 +101,53 @@ class CurvePoint:
     coverage: float  # served / teacher tool calls
     agreement: float
     agreement_lower95: float
+    # the served calls' design effect by their workflows (`sized_design_effect`): they carry the evidence of
+    # served / design_effect independent calls; 1.0 in reports written before workflows were counted
+    design_effect: float = 1.0
+    agreement_lower95_effective: float | None = None  # the Wilson bound on those effective calls
+
+    def effective(self, count: str = "workflows") -> tuple[float, float]:
+        """(agreed, served) as evidence: divided by the design effect when counting by workflows."""
+        scale = 1.0 if count == "calls" else 1.0 / max(1.0, self.design_effect)
+        return self.agreed * scale, self.served * scale
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> CurvePoint:
+        """A point read back from a stored curve."""
+        served, agreed = int(row["served"]), int(row["agreed"])
+        return cls(
+            threshold=float(row["threshold"]),
+            served=served,
+            agreed=agreed,
+            coverage=float(row.get("coverage", 0.0)),
+            agreement=agreed / served if served else 0.0,
+            agreement_lower95=wilson_lower(agreed, served),
+            design_effect=float(row.get("design_effect") or 1.0),
+            agreement_lower95_effective=row.get("agreement_lower95_effective"),
+        )
 
 
-def curve(items: Sequence[Scored]) -> list[CurvePoint]:
-    """Agreement vs coverage when serving every valid call whose confidence is at least each threshold."""
+def curve(items: Sequence[Scored], icc: float | None = None) -> list[CurvePoint]:
+    """Agreement vs coverage when serving every valid call whose confidence is at least each threshold; each
+    point's design effect from the served calls' workflows at correlation `icc` (default: these items' own)."""
     tool_calls = sum(1 for s in items if s.teacher_called) or 1
+    icc = intra_workflow_correlation(items) if icc is None else icc
     ranked = sorted(
         (s for s in items if s.valid and not math.isinf(s.confidence)), key=lambda s: -s.confidence
     )
     points: list[CurvePoint] = []
     served = agreed = 0
+    sizes: dict[object, int] = {}
+    square_sum = 0  # sum of the squared calls per workflow among the served
     for i, s in enumerate(ranked):
         served += 1
         agreed += s.agrees
+        key = s.workflow if s.workflow is not None else ("call", i)
+        square_sum += 2 * sizes.get(key, 0) + 1
+        sizes[key] = sizes.get(key, 0) + 1
         if i + 1 < len(ranked) and ranked[i + 1].confidence == s.confidence:
             continue  # ties enter together
+        deff = 1.0 + (square_sum / served - 1.0) * max(0.0, icc)
         points.append(
             CurvePoint(
                 threshold=s.confidence,
@@ -94,12 +156,22 @@ def curve(items: Sequence[Scored]) -> list[CurvePoint]:
                 coverage=served / tool_calls,
                 agreement=agreed / served,
                 agreement_lower95=wilson_lower(agreed, served),
+                design_effect=round(deff, 4),
+                agreement_lower95_effective=round(effective_lower95(agreed, served, deff), 4),
             )
         )
     return points
 
 
 DELTA = 0.05  # calibration's risk: the chance that the served calls' agreement is below target after all
+
+
+def effective_tail(agreed: float, served: float, p: float) -> float:
+    """`binomial_upper_tail` on effective (fractional) counts, made whole on the cautious side: the calls
+    rounded down, the failures up."""
+    n = math.floor(served + 1e-9)
+    failures = math.ceil(served - agreed - 1e-9)
+    return binomial_upper_tail(max(0, n - failures), n, p)
 
 
 def binomial_upper_tail(successes: int, n: int, p: float) -> float:
@@ -131,7 +203,11 @@ def start_size(target: float, delta: float = DELTA, min_served: int = 10) -> int
 
 
 def ltt_point(
-    points: Sequence[CurvePoint], target: float, delta: float = DELTA, min_served: int = 10
+    points: Sequence[CurvePoint],
+    target: float,
+    delta: float = DELTA,
+    min_served: int = 10,
+    count: str = "workflows",
 ) -> CurvePoint | None:
     """Learn-then-Test (Angelopoulos et al., 2021) over the curve's thresholds, fixed-sequence: from the most
     confident, test each threshold's null "the calls it serves agree at a rate <= target" with the exact
@@ -139,37 +215,53 @@ def ltt_point(
     rejected one: with probability >= 1 - delta over the calibration calls, calls exchangeable with them that
     it serves agree at a rate above `target`. None when the first test fails (then nothing is served).
 
+    `count="workflows"` (the default) tests each point on its effective calls (`CurvePoint.effective`): calls
+    of one workflow agree or fail together, and counting them as independent makes the bound too narrow by the
+    square root of the design effect; `count="calls"` treats them as independent (the laxer rule). A point
+    needs `min_served` served calls and, as evidence, twice what a perfect record needs (`start_size`).
+
     The grid is the curve's own thresholds, thinned to steps of about 2% of the calls so that one noisy
     neighbour does not end the sequence; it is fixed by confidences alone, never by which calls agreed.
     """
     ordered = sorted(points, key=lambda p: p.served)
     if not ordered:
         return None
+    if count not in COUNTS:
+        raise ValueError(f"count must be one of {', '.join(COUNTS)}, not {count!r}")
     step = max(5, ordered[-1].served // 50)
     grid: list[CurvePoint] = []
-    first = start_size(target, delta, min_served)
+    first = start_size(target, delta, 0)
+
+    def testable(point: CurvePoint) -> bool:
+        return point.served >= min_served and point.effective(count)[1] >= first
+
     for point in ordered:
-        if point.served >= first and (not grid or point.served >= grid[-1].served + step):
+        if testable(point) and (not grid or point.served >= grid[-1].served + step):
             grid.append(point)
-    if ordered[-1].served >= first and grid and grid[-1] is not ordered[-1]:
+    if testable(ordered[-1]) and grid and grid[-1] is not ordered[-1]:
         grid.append(ordered[-1])
     best = None
     for point in grid:
-        if binomial_upper_tail(point.agreed, point.served, target) > delta:
+        if effective_tail(*point.effective(count), target) > delta:
             break
         best = point
     return best
 
 
 def calibrate(
-    items: Sequence[Scored], target: float, min_served: int = 10, delta: float = DELTA
+    items: Sequence[Scored],
+    target: float,
+    min_served: int = 10,
+    delta: float = DELTA,
+    count: str = "workflows",
+    icc: float | None = None,
 ) -> float | None:
     """The threshold Learn-then-Test (`ltt_point`) picks for `target` on these calls: the laxest whose served
     calls agree above `target` with 95% confidence, tested in sequence from the most confident.
 
     None when no threshold does: then the specialist should serve nothing.
     """
-    point = ltt_point(curve(items), target, delta, min_served)
+    point = ltt_point(curve(items, icc), target, delta, min_served, count)
     return point.threshold if point else None
 
 
@@ -192,14 +284,19 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
-def at_threshold(items: Sequence[Scored], threshold: float | None) -> AtThreshold:
-    """What serving at a threshold gives: served, share of the teacher's tool calls, agreement and its bound."""
+def at_threshold(items: Sequence[Scored], threshold: float | None, icc: float | None = None) -> AtThreshold:
+    """What serving at a threshold gives: served, share of the teacher's tool calls, agreement and its bound,
+    by calls and by the served calls' workflows (correlation `icc`, default these items' own)."""
     tool_calls = sum(1 for s in items if s.teacher_called)
-    if threshold is None:
-        served = agreed = 0
-    else:
-        chosen = [s for s in items if s.valid and s.confidence >= threshold]
-        served, agreed = len(chosen), sum(s.agrees for s in chosen)
+    chosen = [] if threshold is None else [s for s in items if s.valid and s.confidence >= threshold]
+    served, agreed = len(chosen), sum(s.agrees for s in chosen)
+    sizes: dict[object, int] = {}
+    for i, s in enumerate(chosen):
+        key = s.workflow if s.workflow is not None else ("call", i)
+        sizes[key] = sizes.get(key, 0) + 1
+    deff = sized_design_effect(
+        list(sizes.values()), intra_workflow_correlation(items) if icc is None else icc
+    )
     return AtThreshold(
         calls=len(items),
         tool_calls=tool_calls,
@@ -208,6 +305,8 @@ def at_threshold(items: Sequence[Scored], threshold: float | None) -> AtThreshol
         served_share=served / tool_calls if tool_calls else 0.0,
         agreement=agreed / served if served else 0.0,
         agreement_lower95=wilson_lower(agreed, served),
+        design_effect=round(deff, 4),
+        agreement_lower95_effective=round(effective_lower95(agreed, served, deff), 4),
     )
 
 
@@ -215,17 +314,23 @@ TARGETS = (0.80, 0.85, 0.90, 0.95)
 
 
 def by_target(
-    validation: Sequence[Scored], test: Sequence[Scored], targets: Sequence[float] = TARGETS
+    validation: Sequence[Scored],
+    test: Sequence[Scored],
+    targets: Sequence[float] = TARGETS,
+    count: str = "workflows",
 ) -> list[TargetRow]:
     """For each target agreement: the threshold calibrated on validation, and what it serves on test.
 
     What a user gets by choosing a laxer target than the default, measured the honest way (the threshold
     never sees the test calls).
     """
+    icc = intra_workflow_correlation(validation)
     rows = []
     for target in sorted(set(targets)):
-        threshold = calibrate(validation, target)
+        threshold = calibrate(validation, target, count=count, icc=icc)
         rows.append(
-            TargetRow(target, threshold, at_threshold(validation, threshold), at_threshold(test, threshold))
+            TargetRow(
+                target, threshold, at_threshold(validation, threshold, icc), at_threshold(test, threshold)
+            )
         )
     return rows

@@ -11,6 +11,11 @@ stated `margin`; the threshold is the one serving the most validation calls whos
 is not below that bar, on at least `min_served` calls, chosen by Learn-then-Test (`metrics.ltt_point`) so that
 picking the laxest of many thresholds does not inflate the bound; the ceiling must rest on at least
 `MIN_CEILING_PAIRS` answer pairs. Both rules return the figures behind the decision.
+
+Both rules count the evidence by workflows by default (`count="workflows"`): calls of one workflow agree or
+fail together, so the served calls are worth served / design effect independent ones (`metrics.CurvePoint`).
+`count="calls"` counts them as independent, the laxer rule; reports written before design effects were
+stored are judged by calls, and the evidence says so.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 from downsize.artifacts import AtThreshold, EvalReport
 from downsize.decide.risk import ANSWER, DESTRUCTIVE_TARGET
-from downsize.evaluate.metrics import CurvePoint, ltt_point, wilson_lower
+from downsize.evaluate.metrics import COUNTS, CurvePoint, ltt_point, wilson_lower
 from downsize.types import Specialist
 
 ORDER = ("candidate", "shadow", "live")
@@ -54,22 +59,26 @@ def _refused(
     return None
 
 
-def parity_point(curve: list[dict[str, Any]], bar: float, min_served: int) -> dict[str, Any] | None:
+def parity_point(
+    curve: list[dict[str, Any]], bar: float, min_served: int, count: str = "workflows"
+) -> dict[str, Any] | None:
     """The calibration curve point Learn-then-Test picks at `bar` (`metrics.ltt_point`): the laxest threshold
-    whose served calls agree above the bar with 95% confidence, tested in sequence from the most confident."""
-    points = [
-        CurvePoint(
-            threshold=float(p["threshold"]),
-            served=int(p["served"]),
-            agreed=int(p["agreed"]),
-            coverage=float(p.get("coverage", 0.0)),
-            agreement=p["agreed"] / p["served"] if p["served"] else 0.0,
-            agreement_lower95=wilson_lower(p["agreed"], p["served"]),
-        )
-        for p in curve
-    ]
-    point = ltt_point(points, bar, min_served=min_served)
+    whose served calls agree above the bar with 95% confidence, tested in sequence from the most confident,
+    the evidence counted by `count`."""
+    points = [CurvePoint.of(p) for p in curve]
+    point = ltt_point(points, bar, min_served=min_served, count=count)
     return next((p for p in curve if float(p["threshold"]) == point.threshold), None) if point else None
+
+
+OLDER_REPORT = "calls (this evaluation predates workflow counts: run `downsize eval` again)"
+
+
+def _counting(count: str, measured: bool) -> tuple[str, str]:
+    """(the count used, as the evidence says it): by workflows only where the evaluation measured design
+    effects (older reports did not)."""
+    if count == "workflows" and not measured:
+        return "calls", OLDER_REPORT
+    return count, count
 
 
 def _tier_bar(tier: str, target: float, parity_bar: float | None) -> float:
@@ -81,14 +90,18 @@ def _tier_bar(tier: str, target: float, parity_bar: float | None) -> float:
 
 
 def tier_thresholds(
-    tiers: dict[str, Any], target: float, min_served: int, parity_bar: float | None = None
+    tiers: dict[str, Any],
+    target: float,
+    min_served: int,
+    parity_bar: float | None = None,
+    count: str = "workflows",
 ) -> dict[str, float | None]:
     """A threshold per risk tier (`decide/risk.py`) on that tier's calibration curve, at `_tier_bar`, by
     Learn-then-Test. None: the tier is never served."""
     out: dict[str, float | None] = {}
     for tier, figures in sorted(tiers.items()):
         curve = list((figures or {}).get("curve") or [])
-        point = parity_point(curve, _tier_bar(tier, target, parity_bar), min_served)
+        point = parity_point(curve, _tier_bar(tier, target, parity_bar), min_served, count)
         out[tier] = float(point["threshold"]) if point else None
     return out
 
@@ -102,7 +115,11 @@ def _tier_line(tier: str, threshold: float | None, bar: float, target: float) ->
 
 
 def parity_gate(
-    specialist: Specialist, to: str, margin: float = PARITY_MARGIN, min_served: int = 20
+    specialist: Specialist,
+    to: str,
+    margin: float = PARITY_MARGIN,
+    min_served: int = 20,
+    count: str = "workflows",
 ) -> GateResult:
     """The non-inferiority rule: agreement with the teacher not below its own ceiling minus `margin`."""
     evaluation = EvalReport.of(specialist)
@@ -112,6 +129,7 @@ def parity_gate(
         "margin": margin,
         "min_served": min_served,
         "ceiling": ceiling,
+        "count": count,
     }
     refused = _refused(specialist, to, evaluation, evidence)
     if refused is not None:
@@ -128,8 +146,17 @@ def parity_gate(
     bar = float(ceiling["agreement"]) - margin
     evidence["bar"] = bar
     tiers = (evaluation.calibration or {}).get("tiers")
+    curves = [list((f or {}).get("curve") or []) for f in (tiers or {}).values()] or [
+        evaluation.validation.curve
+    ]
+    measured = all(p.get("design_effect") is not None for c in curves for p in c)
+    count, evidence["count"] = _counting(count, measured)
     if tiers:  # tool calls: each risk tier of the called tool gets its own threshold
-        chosen = tier_thresholds(tiers, evaluation.target_agreement, min_served, parity_bar=bar)
+        chosen = tier_thresholds(tiers, evaluation.target_agreement, min_served, parity_bar=bar, count=count)
+        if count == "workflows":  # the laxer count, printed beside, never served on
+            evidence["tier_thresholds_by_calls"] = tier_thresholds(
+                tiers, evaluation.target_agreement, min_served, parity_bar=bar, count="calls"
+            )
         evidence["tier_thresholds"] = chosen
         served = {t: v for t, v in chosen.items() if v is not None}
         listed = "; ".join(_tier_line(t, v, bar, evaluation.target_agreement) for t, v in chosen.items())
@@ -149,23 +176,32 @@ def parity_gate(
             evidence,
             threshold=min(served.values()),
         )
-    point = parity_point(evaluation.validation.curve, bar, min_served)
+    point = parity_point(evaluation.validation.curve, bar, min_served, count)
     evidence["point"] = point
     if point is None:
         return GateResult(
             False,
             f"no threshold serves {min_served} validation calls with an agreement lower bound of at least "
-            f"{bar:.3f} (the teacher's {ceiling['agreement']:.3f} minus {margin:.2f}): keep training",
+            f"{bar:.3f} (the teacher's {ceiling['agreement']:.3f} minus {margin:.2f}), counting by "
+            f"{evidence['count']}: keep training",
             evidence,
         )
-    lower = wilson_lower(point["agreed"], point["served"])
     return GateResult(
         True,
-        f"at parity: agreement lower bound {lower:.3f} on {point['served']} served validation calls is not below "
-        f"the teacher's own {ceiling['agreement']:.3f} minus {margin:.2f}",
+        f"at parity: agreement lower bound {_lower(point, count)} on {point['served']} served validation calls "
+        f"is not below the teacher's own {ceiling['agreement']:.3f} minus {margin:.2f}",
         evidence,
         threshold=float(point["threshold"]),
     )
+
+
+def _lower(point: dict[str, Any], count: str) -> str:
+    """A served set's lower bound as the gate counted it, the other count beside."""
+    by_calls = wilson_lower(point["agreed"], point["served"])
+    effective = point.get("agreement_lower95_effective")
+    if count == "workflows" and effective is not None:
+        return f"{effective:.3f} by workflows (design effect {point['design_effect']:.2f}; {by_calls:.3f} by calls)"
+    return f"{by_calls:.3f} by calls"
 
 
 def promotion_gate(
@@ -175,22 +211,29 @@ def promotion_gate(
     min_served: int = 20,
     rule: str = "strict",
     margin: float = PARITY_MARGIN,
+    count: str = "workflows",
 ) -> GateResult:
     """Whether `specialist` may move to status `to`, and why (the message names what to do next)."""
+    if count not in COUNTS:
+        return GateResult(False, f"unknown count {count!r}: use one of {', '.join(COUNTS)}", {})
     if rule == "parity":
-        return parity_gate(specialist, to, margin, min_served)
+        return parity_gate(specialist, to, margin, min_served, count)
     if rule != "strict":
         return GateResult(False, f"unknown promotion rule {rule!r}: use one of {', '.join(RULES)}", {})
     evaluation = EvalReport.of(specialist)
     at = evaluation.validation.at_threshold if evaluation else AtThreshold()
+    count, counted = _counting(count, at.agreement_lower95_effective is not None)
     evidence: dict[str, Any] = {
         "threshold": specialist.threshold,
         "validation_served": at.served,
         "validation_agreement": at.agreement if evaluation else None,
         "validation_agreement_lower95": at.agreement_lower95,
+        "validation_agreement_lower95_effective": at.agreement_lower95_effective,
+        "validation_design_effect": at.design_effect,
         "target_lower95": target_lower95,
         "min_served": min_served,
         "rule": "strict",
+        "count": counted,
     }
     refused = _refused(specialist, to, evaluation, evidence)
     if refused is not None:
@@ -210,20 +253,26 @@ def promotion_gate(
     tiers = (evaluation.calibration or {}).get("tiers") or {}
     if "destructive" in tiers:  # tools that destroy answer to a stricter target than the rest
         destructive = tier_thresholds(
-            {"destructive": tiers["destructive"]}, evaluation.target_agreement, min_served
+            {"destructive": tiers["destructive"]},
+            evaluation.target_agreement,
+            min_served,
+            count=count,
         )
         evidence["tier_thresholds"] = {**{t: specialist.threshold for t in tiers}, **destructive}
-    served, lower = at.served, at.agreement_lower95
+    served, lower = at.served, at.lower95(count)
+    by = f"by {count}"
+    if count == "workflows":
+        by += f", design effect {at.design_effect:.2f}; {at.agreement_lower95:.3f} by calls"
     if served < min_served or lower < target_lower95:
         return GateResult(
             False,
-            f"agreement lower bound {lower:.3f} on {served} served validation calls is below the gate "
+            f"agreement lower bound {lower:.3f} ({by}) on {served} served validation calls is below the gate "
             f"({target_lower95:.2f} on at least {min_served}): keep it in shadow, or lower the target with --target",
             evidence,
         )
     return GateResult(
         True,
-        f"agreement lower bound {lower:.3f} on {served} served calls clears {target_lower95:.2f}",
+        f"agreement lower bound {lower:.3f} ({by}) on {served} served calls clears {target_lower95:.2f}",
         evidence,
         threshold=specialist.threshold,
     )

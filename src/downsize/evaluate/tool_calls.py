@@ -43,7 +43,7 @@ from downsize.evaluate.metrics import (
     calibrate,
     curve,
     design_effect,
-    effective_lower95,
+    intra_workflow_correlation,
     wilson_lower,
 )
 from downsize.evaluate.probe import request_key
@@ -68,33 +68,40 @@ def scored(ex: Exchange, decision: Decision, contract: OutputContract | None = N
         valid=decision.valid,
         agrees=decision.valid and contract.agrees(decision.value, ex.response),
         teacher_called=answer_of(contract.kind, ex.response) is not None,
+        workflow=workflow_key(ex),
     )
 
 
-def _clustering(calls: list[Exchange], items: list[Scored], at: AtThreshold | None) -> dict[str, Any]:
+def _clustering(items: list[Scored], at: AtThreshold | None, count: str) -> dict[str, Any]:
     """The calibration answers' correlation within workflows, and what the calls served at the threshold are
-    worth counted by it (`metrics.design_effect`)."""
-    by_workflow: dict[str, list[int]] = {}
-    for ex, item in zip(calls, items, strict=True):
-        if item.valid:
-            counts = by_workflow.setdefault(workflow_key(ex), [0, 0])
-            counts[0] += 1
-            counts[1] += int(item.agrees)
-    icc, deff = design_effect([(n, k) for n, k in by_workflow.values()])
+    worth counted by it (`metrics.sized_design_effect`)."""
+    valid = [s for s in items if s.valid]
+    clusters = _by_workflow(valid)
+    icc, deff = design_effect([(len(v), sum(v)) for v in clusters.values()])
     facts: dict[str, Any] = {
-        "workflows": len(by_workflow),
-        "valid_answers": sum(n for n, _ in by_workflow.values()),
+        "count": count,
+        "workflows": len(clusters),
+        "valid_answers": len(valid),
         "intra_workflow_correlation": round(icc, 4),
-        "design_effect": round(deff, 3),
+        "design_effect": round(deff, 3),  # of every valid answer; a threshold's served calls have their own
     }
     if at is not None:  # the calls served at the calibrated threshold (`at_threshold`)
+        served_deff = at.design_effect or 1.0
         facts["at_threshold"] = {
             "served": at.served,
-            "effective_calls": round(at.served / deff, 1),
+            "design_effect": served_deff,
+            "effective_calls": round(at.served / served_deff, 1),
             "agreement_lower95": round(at.agreement_lower95, 4),
-            "agreement_lower95_effective": round(effective_lower95(at.agreed, at.served, deff), 4),
+            "agreement_lower95_effective": at.agreement_lower95_effective,
         }
     return facts
+
+
+def _by_workflow(items: list[Scored]) -> dict[str | None, list[int]]:
+    out: dict[str | None, list[int]] = {}
+    for s in items:
+        out.setdefault(s.workflow, []).append(int(s.agrees))
+    return out
 
 
 def decide_all(
@@ -307,9 +314,10 @@ def evaluate_specialist(
     all_scored = [scored(ex, d, contract) for ex, d in zip(test_all, all_decisions, strict=True)]
     test_scored = [s for s, fits in zip(all_scored, is_answer, strict=True) if fits]
     test_decisions = [d for d, fits in zip(all_decisions, is_answer, strict=True) if fits]
-    threshold = calibrate(cal_scored, config.target_agreement)
-    targets = by_target(cal_scored, all_scored, sorted({*TARGETS, config.target_agreement}))
-    cal_at, test_at = at_threshold(cal_scored, threshold), at_threshold(all_scored, threshold)
+    icc = intra_workflow_correlation(cal_scored)  # the calibration answers' own, for every calibration curve
+    threshold = calibrate(cal_scored, config.target_agreement, count=config.count, icc=icc)
+    targets = by_target(cal_scored, all_scored, sorted({*TARGETS, config.target_agreement}), config.count)
+    cal_at, test_at = at_threshold(cal_scored, threshold, icc), at_threshold(all_scored, threshold)
     calibration_facts = {
         "method": "cross_fit" if folds else "validation",
         "folds": folds or None,
@@ -322,14 +330,13 @@ def evaluate_specialist(
         "specialist_fold": asdict(at_threshold(val_scored, threshold)),
         # how far the calibration calls' agreement at the threshold overstates the test calls' (None: no serve)
         "gap": round(cal_at.agreement - test_at.agreement, 4) if cal_at.served and test_at.served else None,
-        # calls of one workflow agree or fail together (a task's trials repeat the same steps): the
-        # bounds above count calls as independent; these count them by the design effect (reported beside,
-        # not yet used by the gate)
-        "workflows": _clustering(calibration, cal_scored, cal_at if threshold is not None else None),
+        # calls of one workflow agree or fail together (a task's trials repeat the same steps): with
+        # count "workflows" the thresholds and the gate count served calls by the design effect
+        "workflows": _clustering(cal_scored, cal_at if threshold is not None else None, config.count),
         "risk": risk.to_dict(),
         # per risk tier of the tool the specialist would call: its calibration curve (promotion sets a
         # threshold per tier from it; `decide/risk.py`)
-        "tiers": _tier_curves(cal_decisions, cal_scored) if contract.kind == "tool_call" else None,
+        "tiers": _tier_curves(cal_decisions, cal_scored, icc) if contract.kind == "tool_call" else None,
         # the same on every test call in scope: what a threshold per tier serves there (reported, not tuned on)
         "test_tiers": _tier_curves(all_decisions, all_scored) if contract.kind == "tool_call" else None,
         "test_curve": [
@@ -359,7 +366,7 @@ def evaluate_specialist(
         validation=SplitFigures(  # the calibration calls: every dev fold's when cross-fitted
             calls=len(calibration),
             at_threshold=cal_at,
-            curve=[asdict(p) for p in curve(cal_scored)],
+            curve=[asdict(p) for p in curve(cal_scored, icc)],
         ),
         test_tool_calls=ToolCallFigures(
             calls=n,
@@ -408,14 +415,15 @@ def evaluate_specialist(
     return report
 
 
-def _tier_curves(decisions: list[Decision], items: list[Scored]) -> dict[str, Any]:
-    """Each risk tier's calibration curve, over the valid decisions whose tool falls in it."""
+def _tier_curves(decisions: list[Decision], items: list[Scored], icc: float | None = None) -> dict[str, Any]:
+    """Each risk tier's calibration curve, over the valid decisions whose tool falls in it; design effects at
+    correlation `icc` (default: each tier's own)."""
     out: dict[str, Any] = {}
     for tier in sorted({str(d.details.get("tier")) for d in decisions if d.valid and d.details.get("tier")}):
         chosen = [
             s for d, s in zip(decisions, items, strict=True) if d.valid and d.details.get("tier") == tier
         ]
-        out[tier] = {"calls": len(chosen), "curve": [asdict(p) for p in curve(chosen)]}
+        out[tier] = {"calls": len(chosen), "curve": [asdict(p) for p in curve(chosen, icc)]}
     return out
 
 

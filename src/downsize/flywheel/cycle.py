@@ -362,7 +362,9 @@ class _Turn:
         sp = self.store.specialist(specialist_id)
         others = [v for v in unit_versions(self.store, sp.name) if v.id != sp.id]
         live = [v for v in others if v.status in ("live", "canary")]
-        gate = promotion_gate(sp, "live", c.target, c.min_served, rule=c.rule, margin=c.margin)
+        gate = promotion_gate(
+            sp, "live", c.target, c.min_served, rule=c.rule, margin=c.margin, count=c.eval.count
+        )
         if gate.allowed:
             # the figures behind the decision, with the per-tier thresholds the router applies
             metrics = {**sp.metrics, "promotion": {"to": "live", "reason": gate.reason, **gate.evidence}}
@@ -374,6 +376,7 @@ class _Turn:
                 rule=c.rule,
                 target=c.target,
                 min_served=c.min_served,
+                count=c.eval.count,
                 actor=ACTOR,
                 reason=f"flywheel run {self.run_id}: {gate.reason}",
             )
@@ -384,7 +387,7 @@ class _Turn:
                 "outcome": f"kept live version {live[0].id}",
                 "reason": f"version {specialist_id} stays a candidate: {gate.reason}",
             }
-        shadow = promotion_gate(sp, "shadow", c.target, c.min_served)
+        shadow = promotion_gate(sp, "shadow", c.target, c.min_served, count=c.eval.count)
         if not shadow.allowed:  # both reasons: why not live (the rule asked for) and why not even shadow
             return {"outcome": "candidate", "reason": f"not live: {gate.reason}; not shadow: {shadow.reason}"}
         set_mode(

@@ -72,6 +72,7 @@ def set_mode(
     rule: str = "strict",
     target: float = 0.90,
     min_served: int = 20,
+    count: str = "workflows",
     force: bool = False,
     actor: str = "cli",
     reason: str = "",
@@ -98,7 +99,9 @@ def set_mode(
     why = reason
     going_back = MODES.index(mode) < MODES.index(mode_of(sp))  # toward off: never gated
     if mode in ("shadow", "canary", "live") and not force and not going_back:
-        gate = promotion_gate(sp, "live" if mode == "live" else "shadow", target, min_served, rule=rule)
+        gate = promotion_gate(
+            sp, "live" if mode == "live" else "shadow", target, min_served, rule=rule, count=count
+        )
         if not gate.allowed:
             raise RouteModeError(
                 f"cannot route task {sp.task} to {mode} with specialist {sp.name} (id {sp.id}): {gate.reason} "
