@@ -49,7 +49,8 @@ def intent_log(path: Path, intents: list[str], per_intent: int, split: str = "tr
 def react_log(
     path: Path, tools: tuple[str, ...] | None = None, tasks: range = range(50), trials: int = 4
 ) -> int:
-    """tau-airline's tool calls (of `tools`, default all) as ReAct steps; lines written."""
+    """tau-airline's tool calls (of `tools`, default all) as ReAct steps; lines written. gpt-4o's own thoughts
+    (its `think` tool) become the `Thought:` line of the step after them, as a ReAct agent writes them."""
     runs = json.loads((DATA / "tau-airline" / "trajectories-gpt-4o.json").read_text())
     names = [t["function"]["name"] for t in json.loads((DATA / "tau-airline" / "tools.json").read_text())]
     system = (
@@ -62,11 +63,20 @@ def react_log(
             if run["task_id"] not in tasks or run["trial"] >= trials:
                 continue
             messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+            thought = ""
             for message in run["traj"][1:]:
                 calls = message.get("tool_calls") or []
+                if message["role"] == "assistant" and calls and calls[0]["function"]["name"] == "think":
+                    said = json.loads(calls[0]["function"]["arguments"] or "{}").get("thought", "")
+                    thought = " ".join(str(said).split())
+                    continue
+                if message["role"] == "tool" and message.get("name") == "think":
+                    continue
                 if message["role"] == "assistant" and calls:
                     fn = calls[0]["function"]
                     step = f"Action: {fn['name']}\nAction Input: {fn['arguments']}"
+                    if thought:
+                        step, thought = f"Thought: {thought}\n{step}", ""
                     if tools is None or fn["name"] in tools:
                         session = f"{run['task_id']}#{run['trial']}"
                         record = {"client_id": "react-agent", "session_id": session}

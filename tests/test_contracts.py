@@ -273,3 +273,37 @@ def test_suitability_says_when_outputs_vary_too_much() -> None:
     assert verdict(shaped, 100, 30) == "suitable"
     assert verdict(OutputContract("long_text", reason="long"), 100, 30).startswith("long")
     assert verdict(shaped, 3, 30).startswith("too few calls")
+
+
+def test_react_keeps_a_short_thought_where_the_teacher_thinks_before_most_actions() -> None:
+    thinking = [
+        f"Thought: I should look up user u{i} before changing anything at all today\n"
+        f'Action: get_user\nAction Input: {{"id": "u{i}"}}'
+        for i in range(6)
+    ]
+    kept = detect_contract([exchange(s, system="Tools: get_user") for s in thinking])
+    assert kept.kind == "react" and kept.thought_words == 12 and "kept, cut to 12 words" in kept.reason
+    assert "short thought" in kept.instruction
+    step = parse_react(thinking[0])
+    assert step is not None and step.thought is not None and step.thought.startswith("I should look up")
+    assert step == ReactStep("get_user", {"id": "u0"})  # agreement is on the action, never the thought
+    long_step = ReactStep(
+        "get_user", {"id": "u9"}, "one two three four five six seven eight nine ten 11 12 13"
+    )
+    rendered = kept.render(long_step)
+    assert rendered == (
+        "Thought: one two three four five six seven eight nine ten 11 12\n"
+        'Action: get_user\nAction Input: {"id":"u9"}'
+    )
+    grammar = grammar_for(kept, {"messages": []}, "<eot>")
+    assert feeds(grammar.copy(), rendered)
+    assert feeds(grammar.copy(), 'Action: get_user\nAction Input: {"id":"u2"}')  # a thought may be left out
+    assert not feeds(grammar.copy(), "Thought: " + " ".join(["w"] * 13) + "\n")  # past the kept words
+    assert not feeds(grammar.copy(), "Thought:  double")  # no empty words
+    assert not feeds(grammar.copy(), "Thought: x\nThought: again")
+    # a teacher that seldom thinks: the thought is dropped from targets and decoding
+    rare = thinking[:1] + [f'Action: get_user\nAction Input: {{"id": "v{i}"}}' for i in range(5)]
+    dropped = detect_contract([exchange(s, system="Tools: get_user") for s in rare])
+    assert dropped.thought_words == 0 and "a thought before 1 of them: dropped" in dropped.reason
+    assert dropped.render(parse_react(thinking[0])) == 'Action: get_user\nAction Input: {"id":"u0"}'
+    assert not feeds(grammar_for(dropped, {"messages": []}, "<eot>"), "Thought: x")

@@ -11,7 +11,9 @@ serves the answer in the shape the agent expects. Kinds:
   teacher that writes JSON arrays gets an array-rooted learned schema;
 - `label`: one of a closed set of short answers seen in training (`labels`);
 - `react`: text-format tool use, "Action: NAME / Action Input: {...}" (ReAct, crewAI, LangChain, MetaGPT):
-  the action names and each action's input shape learned from training; the free-text thought is dropped;
+  the action names and each action's input shape learned from training; the free-text thought before it is
+  kept, cut to its first `thought_words` words, when the teacher thinks before most of its actions (its next
+  step leans on the thought: `make bench-thoughts`), else dropped;
 - `text`: short free text (the longest training answer under `SHORT_TEXT_TOKENS`), served only under a
   calibrated confidence;
 - `long_text`: longer free text, which stays with the LLM (a specialist is not trained for it).
@@ -28,7 +30,7 @@ import string
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from downsize.prompting import SYSTEM, compact_json, parse_target, render_target
@@ -41,6 +43,8 @@ SHORT_TEXT_TOKENS = 200  # free text longer than this (approx. 4 characters a to
 MAX_LABELS = 30
 MAX_LABEL_CHARS = 48
 MAX_ENUM_VALUES = 8
+KEEP_THOUGHT_SHARE = 0.5  # react: keep a short thought when the teacher thinks before at least this share
+MAX_THOUGHT_WORDS = 32  # react: a kept thought's words at most (the teacher's 3rd quartile below that)
 _SPACES = re.compile(r"\s+")
 _PUNCT = str.maketrans({c: " " for c in string.punctuation + "\u2018\u2019\u201c\u201d\u2013\u2014\u2026"})
 
@@ -56,16 +60,20 @@ INSTRUCTIONS = {
     "json": "You are a specialist. Reply with the JSON answer only.",
     "label": "You are a specialist. Reply with the label only.",
     "react": "You are a specialist. Reply with the next action as: Action: NAME / Action Input: {JSON}",
+    "react_thought": "You are a specialist. Reply with a short thought and the next action as: Thought: ... / "
+    "Action: NAME / Action Input: {JSON}",
     "text": "You are a specialist. Reply with the answer only.",
 }
 
 
 @dataclass(frozen=True)
 class ReactStep:
-    """One text-format tool use: the action and its input (a JSON value, or the raw text when not JSON)."""
+    """One text-format tool use: the action and its input (a JSON value, or the raw text when not JSON), and
+    the thought written before it (never part of agreement: two steps agree on what they do)."""
 
     action: str
     input: Any
+    thought: str | None = field(default=None, compare=False)
 
     def canonical(self) -> str:
         return json.dumps({"action": self.action, "input": self.input}, sort_keys=True, separators=(",", ":"))
@@ -80,6 +88,7 @@ class OutputContract:
     schema_source: str | None = None  # json: request | learned
     labels: tuple[str, ...] = ()  # label: the closed set, most frequent first
     actions: dict[str, dict[str, Any]] = field(default_factory=dict)  # react: action -> input schema
+    thought_words: int = 0  # react: keep the thought before the action, cut to this many words (0: dropped)
     max_tokens: int = 64  # the longest training answer's tokens, with room: the generation budget
     max_string: int = 160  # json/react: the longest string value seen, with room
     calls: int = 0  # training answers it was learned from
@@ -93,6 +102,8 @@ class OutputContract:
     @property
     def instruction(self) -> str:
         """The student's one-line system prompt for this kind (training and serving use the same)."""
+        if self.kind == "react" and self.thought_words:
+            return INSTRUCTIONS["react_thought"]
         return INSTRUCTIONS.get(self.kind, INSTRUCTIONS["text"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,7 +142,10 @@ class OutputContract:
             if self.actions and value.action not in self.actions:
                 return None
             text = value.input if isinstance(value.input, str) else compact_json(value.input)
-            return f"Action: {value.action}\nAction Input: {text}"
+            thought = short_thought(value.thought, self.thought_words)
+            return (
+                f"Thought: {thought}\n" if thought else ""
+            ) + f"Action: {value.action}\nAction Input: {text}"
         return str(value)
 
     def parse(self, text: str) -> Any:
@@ -250,7 +264,15 @@ def parse_react(text: str) -> ReactStep | None:
         value: Any = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
-    return ReactStep(found.group("action").strip().strip("`'\""), value)
+    thought = _SPACES.sub(" ", found.group("thought") or "").strip() or None
+    return ReactStep(found.group("action").strip().strip("`'\""), value, thought)
+
+
+def short_thought(thought: str | None, words: int) -> str | None:
+    """A thought cut to its first `words` words (None when none is kept)."""
+    if not thought or words <= 0:
+        return None
+    return " ".join(thought.split()[:words]) or None
 
 
 def response_format_schema(request: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -368,6 +390,17 @@ def _longest_string(value: Any) -> int:
     return 0
 
 
+def _thought_words(steps: Sequence[ReactStep]) -> tuple[int, int]:
+    """(words a kept thought is cut to, steps with a thought): thoughts are kept when the teacher writes one
+    before at least `KEEP_THOUGHT_SHARE` of its steps, cut to the third quartile of their lengths (at most
+    `MAX_THOUGHT_WORDS`); 0 words: dropped."""
+    lengths = sorted(len(s.thought.split()) for s in steps if s.thought)
+    if not lengths or len(lengths) < KEEP_THOUGHT_SHARE * len(steps):
+        return 0, len(lengths)
+    third_quartile = lengths[min(len(lengths) - 1, (3 * len(lengths)) // 4)]
+    return max(1, min(MAX_THOUGHT_WORDS, third_quartile)), len(lengths)
+
+
 def _room(chars: int) -> int:
     """A generation budget in tokens for an answer of this many characters (about 3.5 a token), with room."""
     return max(16, int(math.ceil(chars / 3.5 * 1.25)) + 8)
@@ -420,17 +453,25 @@ def detect_contract(exchanges: Iterable[Exchange]) -> OutputContract:
         by_action: dict[str, list[Any]] = {}
         for s in steps:
             by_action.setdefault(s.action, []).append(s.input)
-        longest = max(len(f"Action: {s.action}\nAction Input: {compact_json(s.input)}") for s in steps)
-        return OutputContract(
+        words, thoughts = _thought_words(steps)
+        contract = OutputContract(
             "react",
             actions={a: learn_schema(inputs) for a, inputs in by_action.items()},
-            max_tokens=_room(longest),
+            thought_words=words,
             max_string=max(32, int(max(_longest_string(s.input) for s in steps) * 1.5)),
             calls=n,
             conforming=len(steps),
             reason=f"{len(steps)} of {len(texts)} answers are Action steps"
-            + (f" ({finals} final answers stay with the LLM)" if finals else ""),
+            + (f" ({finals} final answers stay with the LLM)" if finals else "")
+            + (
+                f"; a thought before {thoughts} of them: "
+                + (f"kept, cut to {words} words" if words else "dropped (too rare to lean on)")
+                if thoughts
+                else ""
+            ),
         )
+        longest = max(len(contract.render(s) or "") for s in steps)
+        return replace(contract, max_tokens=_room(longest))
     answers = [t.strip() for _, t in texts]
     counts = Counter(answers)
     if (

@@ -3,7 +3,8 @@
 - tool_call: `ToolCallGrammar` (the request's tools, copied arguments narrowed to the conversation);
 - json: the request's `response_format` schema when it carries one, else the schema learned in training;
 - label: one of the labels, character by character (a label another extends ends on the end-of-turn token);
-- react: `Action: NAME` (a learned action) then `Action Input: ` and a JSON value under that action's schema;
+- react: `Action: NAME` (a learned action) then `Action Input: ` and a JSON value under that action's schema,
+  after a one-line `Thought: ` of at most `thought_words` words where the contract keeps thoughts;
 - text: any text up to the end-of-turn token, at most `max_chars` characters.
 """
 
@@ -94,37 +95,74 @@ class TextGrammar:
 
 
 class ReactGrammar:
-    """`Action: NAME\\nAction Input: {JSON}` with NAME one of `actions` and the input under its schema."""
+    """`Action: NAME\nAction Input: {JSON}` with NAME one of `actions` and the input under its schema; with
+    `thought_words`, optionally after `Thought: ` and at most that many words on one line."""
 
     HEAD = "Action: "
     MIDDLE = "\nAction Input: "
-    __slots__ = ("actions", "max_string", "text", "json")
+    THOUGHT = "Thought: "
+    WORD_CHARS = 24  # a thought's word at most this long (no run-on token soup)
+    __slots__ = ("actions", "max_string", "thought_words", "text", "json", "thought")
 
-    def __init__(self, actions: dict[str, dict[str, Any]], max_string: int) -> None:
-        self.actions, self.max_string = actions, max_string
+    def __init__(self, actions: dict[str, dict[str, Any]], max_string: int, thought_words: int = 0) -> None:
+        self.actions, self.max_string, self.thought_words = actions, max_string, thought_words
         self.text = ""
         self.json: JsonSchemaState | None = None
+        self.thought: list[int] | None = None  # in a thought: [words begun, chars of the current word]
 
     def copy(self) -> ReactGrammar:
         new = ReactGrammar.__new__(ReactGrammar)
-        new.actions, new.max_string, new.text = self.actions, self.max_string, self.text
+        new.actions, new.max_string, new.thought_words = self.actions, self.max_string, self.thought_words
+        new.text = self.text
         new.json = self.json.copy() if self.json is not None else None
+        new.thought = list(self.thought) if self.thought is not None else None
         return new
 
     @property
     def done(self) -> bool:
         return self.json is not None and self.json.done
 
+    def _feed_thought(self, ch: str) -> bool:
+        assert self.thought is not None
+        words, chars = self.thought
+        if ch == "\n":  # the thought ends; the action follows
+            if words == 0:
+                return False
+            self.thought, self.text = None, "\n"  # marks "after a thought" for the heads below
+            return True
+        if ch.isspace():  # one space between words, none first
+            if chars == 0:
+                return False
+            self.thought[1] = 0
+            return True
+        if chars == 0:
+            if words >= self.thought_words:
+                return False
+            self.thought[0] += 1
+        if chars >= self.WORD_CHARS:
+            return False
+        self.thought[1] += 1
+        return True
+
     def _feed_char(self, ch: str) -> bool:
         if self.json is not None:
             return self.json.feed(ch)
+        if self.thought is not None:
+            return self._feed_thought(ch)
+        after_thought = self.text.startswith("\n")
         candidate = self.text + ch
+        if self.thought_words and not after_thought and self.THOUGHT.startswith(candidate):
+            self.text = candidate
+            if candidate == self.THOUGHT:
+                self.thought, self.text = [0, 0], ""
+            return True
+        body = candidate[1:] if after_thought else candidate
         heads = [f"{self.HEAD}{name}{self.MIDDLE}" for name in self.actions]
-        if not any(head.startswith(candidate) for head in heads):
+        if not any(head.startswith(body) for head in heads):
             return False
         self.text = candidate
-        if candidate in heads:
-            name = candidate[len(self.HEAD) : -len(self.MIDDLE)]
+        if body in heads:
+            name = body[len(self.HEAD) : -len(self.MIDDLE)]
             self.json = JsonSchemaState(compile_schema(self.actions[name], self.max_string), self.max_string)
         return True
 
@@ -152,7 +190,7 @@ def grammar_for(
     if contract.kind == "label":
         return LabelGrammar(contract.labels, end)
     if contract.kind == "react":
-        return ReactGrammar(contract.actions, contract.max_string)
+        return ReactGrammar(contract.actions, contract.max_string, contract.thought_words)
     if contract.kind == "text":
         return TextGrammar(end, int(contract.max_tokens * 4))
     raise ValueError(f"a specialist does not answer {contract.kind!r} outputs")
