@@ -209,3 +209,34 @@ def test_the_span_grammar_takes_only_word_aligned_spans_of_the_conversation(tmp_
     # saved beside the adapter and read back; older folders have none
     save_copied(tmp_path, {}, spans=spans)
     assert load_spans(tmp_path) == spans and load_spans(tmp_path / "missing") == {}
+
+
+def test_a_parameter_name_that_is_a_span_across_tools_applies_to_tools_never_seen() -> None:
+    from downsize.copying import ANY_TOOL, NOT_SPAN, span_paths
+
+    def call(tool: str, city: str, said: str) -> tuple[list[dict[str, str]], ToolCall]:
+        return [{"role": "user", "content": said}], ToolCall(tool, {"city": city, "note": f"about {city}"})
+
+    # `city` is copied as written by five tools, too few calls each for the per-tool rule
+    calls = [
+        call(f"tool{i}", c, f"weather in {c} please") for i in range(5) for c in ("Oslo", "Tel Aviv") * 3
+    ]
+    # one tool copies it 7 times of 8 and once writes a code: enough calls of its own to overrule the name
+    calls += [call("geocode", "Oslo", "Oslo on the map") for _ in range(7)]
+    calls += [call("geocode", "LON", "London on the map")]
+    spans = learn_spans(calls)
+    assert spans[ANY_TOOL] == ["city"]  # `note` is composed, never a span
+    assert spans["geocode"] == [NOT_SPAN + "city"]
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}
+    assert span_paths(spans, "forecast", schema) == ["city"]  # a tool training never saw
+    assert span_paths(spans, "geocode", schema) == []
+    assert span_paths(spans, "forecast", {"type": "object", "properties": {"town": {"type": "string"}}}) == []
+    # the grammar of the unseen tool then takes only spans of its conversation
+    messages = [{"role": "user", "content": "Is it raining in Bergen, Norway?"}]
+    tools = [{"type": "function", "function": {"name": "forecast", "parameters": schema}}]
+    grammar = ToolCallGrammar(["forecast"], 60, restrict_schemas(tool_schemas(tools), {}, messages, spans))
+    assert grammar.copy().feed('forecast {"city":"Bergen, Norway"')
+    assert not grammar.copy().feed('forecast {"city":"Bergn')
+    # one tool alone is not enough to generalise a name
+    alone = [call("tool0", c, f"weather in {c} please") for c in ("Oslo", "Tel Aviv") * 5]
+    assert ANY_TOOL not in learn_spans(alone)

@@ -14,7 +14,11 @@ Spans go further (`learn_spans`): a string parameter, at any depth (`flights[].d
 word-aligned span of the conversation in at least `min_rate` of the training calls (names, places, flight
 numbers and dates as written) may only take such a span at generation (`restrict_schemas` marks its schema
 with `SPAN_KEY` and the conversation's text; `backends/grammar.py` enforces it). A small student otherwise
-rewrites what it should copy ("Tel Aviv, CA" for the user's "Tel Aviv, Israel").
+rewrites what it should copy ("Tel Aviv, CA" for the user's "Tel Aviv, Israel"). A top-level parameter
+name that is a span across at least two tools (`location`, `city`, `company_name`) is also learned under the
+key `ANY_TOOL`: it then applies to any tool with a plain string parameter of that name, tools never seen in
+training included (an agent whose tools each appear a few times, as in BFCL), unless the tool's own calls
+showed it is not a span (a `!`-prefixed path under the tool).
 
 Standard library only; the result is saved beside the adapter as `copied.json`.
 """
@@ -41,6 +45,8 @@ Copied = dict[str, dict[str, list[str]]]
 Spans = dict[str, list[str]]
 # a string schema carrying this key may only take a word-aligned span of its text (the grammar's `span` node)
 SPAN_KEY = "x-downsize-span-of"
+ANY_TOOL = "*"  # Spans key of top-level parameter names learned across tools: they apply to any tool
+NOT_SPAN = "!"  # prefix of a tool's own path its calls showed is no span (ANY_TOOL then does not apply)
 _UNSPANNABLE = re.compile(r'["\\\x00-\x1f]+')  # a span never needs a JSON escape: cut the text there
 
 
@@ -103,10 +109,14 @@ def learn_spans(
     copied: Copied | None = None,
     min_calls: int = 8,
     min_rate: float = 0.95,
+    min_tools: int = 2,
 ) -> Spans:
     """The string parameters whose value the teacher takes as a span of the conversation (identifiers already
-    in `copied` are left to their stricter rule)."""
+    in `copied` are left to their stricter rule): per tool, and by top-level name across at least `min_tools`
+    tools (`ANY_TOOL`), each on at least `min_calls` calls at `min_rate`."""
     seen: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    by_name: dict[str, list[bool]] = defaultdict(list)
+    tools_of: dict[str, set[str]] = defaultdict(set)
     for messages, call in calls:
         corpus: str | None = None
         for path, value in _string_leaves(call.arguments):
@@ -114,12 +124,36 @@ def learn_spans(
                 continue
             if corpus is None:
                 corpus = conversation_text(messages)
-            seen[(call.name, path)].append(is_span(value, corpus))
+            hit = is_span(value, corpus)
+            seen[(call.name, path)].append(hit)
+            if "." not in path and "[]" not in path:
+                by_name[path].append(hit)
+                tools_of[path].add(call.name)
+
+    def holds(hits: list[bool]) -> bool:
+        return len(hits) >= min_calls and sum(hits) / len(hits) >= min_rate
+
+    pooled = [n for n, hits in sorted(by_name.items()) if len(tools_of[n]) >= min_tools and holds(hits)]
     spans: Spans = {}
     for (tool, path), hits in sorted(seen.items()):
-        if len(hits) >= min_calls and sum(hits) / len(hits) >= min_rate:
+        if holds(hits):
             spans.setdefault(tool, []).append(path)
+        elif path in pooled and len(hits) >= min_calls:  # its own calls overrule the cross-tool name
+            spans.setdefault(tool, []).append(NOT_SPAN + path)
+    if pooled:
+        spans[ANY_TOOL] = pooled
     return spans
+
+
+def span_paths(spans: Spans, tool: str, schema: Mapping[str, Any]) -> list[str]:
+    """The paths of `tool` (parameters `schema`) taken as spans: its own, then the cross-tool names it has."""
+    own = spans.get(tool, [])
+    refused = {p[len(NOT_SPAN) :] for p in own if p.startswith(NOT_SPAN)}
+    paths = [p for p in own if not p.startswith(NOT_SPAN)]
+    props = schema.get("properties") if isinstance(schema, Mapping) else None
+    if isinstance(props, Mapping):
+        paths += [n for n in spans.get(ANY_TOOL, []) if n in props and n not in refused and n not in paths]
+    return paths
 
 
 def _mark_span(schema: Any, path: list[str], corpus: str) -> Any:
@@ -191,10 +225,9 @@ def restrict_schemas(
         corpus = conversation_text(messages)
         if corpus:
             marked = dict(schemas)
-            for tool, paths in spans.items():
-                if tool in marked:
-                    for path in paths:
-                        marked[tool] = _mark_span(marked[tool], _path_parts(path), corpus)
+            for tool, schema in schemas.items():
+                for path in span_paths(spans, tool, schema):
+                    marked[tool] = _mark_span(marked[tool], _path_parts(path), corpus)
             schemas = marked
     if not copied:
         return dict(schemas)
