@@ -8,6 +8,13 @@ For each category (simple_python, multiple, parallel) the questions are split in
 3. fine-tuned: zero-shot again, after LoRA fine-tuning on the training half (`train.loop.fit_adapter`, loss on
    the target only) for a fixed budget of minutes per category.
 
+With `--spans` (single-call categories), the fine-tuned student also answers under the gateway's own grammar,
+each argument under its tool's schema (`fine_tuned_schema`), and under the same grammar with the string
+parameters learned as spans of the conversation narrowed to them (`fine_tuned_spans`; `copying.learn_spans`
+on the training half). Every test tool is new, so only the parameter names learned across tools apply
+(`copying.ANY_TOOL`). The teacher's value is BFCL's set of acceptable answers: a parameter counts as a span
+in a training call when one of its acceptable values is. `--no-base` skips the base student's two modes.
+
 Decoding is greedy under the tool-call grammar (parallel: several calls joined by ` ; `, closed by the end of
 turn); scoring is BFCL's AST match (`evaluate.ast_match`). Prints a table with Wilson 95% bounds and writes
 bench-results/bfcl.json. The bfcl-eval wheel is only downloaded and read with zipfile:
@@ -59,6 +66,8 @@ def run_bfcl_benchmark(
     threads: int | None = None,
     progress: bool = True,
     on_category: Callable[[dict[str, Any]], None] | None = None,
+    spans: bool = False,
+    base: bool = True,
 ) -> dict[str, Any]:
     """{category: {base_zero_shot, base_few_shot, fine_tuned (AST accuracies), their 95% bounds, n_test, ...}}.
 
@@ -108,7 +117,8 @@ def run_bfcl_benchmark(
         shots = select_shots(test, train, k)
         select_s = time.perf_counter() - began
         rows = {}
-        for mode, chosen in (("base_zero_shot", [[] for _ in test]), ("base_few_shot", shots)):
+        base_modes = (("base_zero_shot", [[] for _ in test]), ("base_few_shot", shots)) if base else ()
+        for mode, chosen in base_modes:
             prompts = [
                 build_screen_prompt(tokenizer, c, s, prompt_config) for c, s in zip(test, chosen, strict=True)
             ]
@@ -147,6 +157,23 @@ def run_bfcl_benchmark(
             tuned, test, prompts, batch_size, progress=progress, label=f"{category} fine_tuned"
         )
         rows["fine_tuned"] = summarise(student, "fine_tuned", answers, time.perf_counter() - began, prompts)
+        learned = None
+        if spans and not any(c.many for c in test):
+            from downsize.copying import learn_spans
+
+            learned = learn_spans([(c.messages, _span_view(c)) for c in train])
+            for mode, chosen_spans in (("fine_tuned_schema", None), ("fine_tuned_spans", learned)):
+                began = time.perf_counter()
+                answers = answer_cases(
+                    tuned,
+                    test,
+                    prompts,
+                    batch_size,
+                    progress=progress,
+                    label=f"{category} {mode}",
+                    grammar_of=lambda c, sp=chosen_spans: _schema_grammar(c, sp),
+                )
+                rows[mode] = summarise(student, mode, answers, time.perf_counter() - began, prompts)
         del tuned, model
 
         entry: dict[str, Any] = {"n_test": len(test), "n_train": len(train)}
@@ -165,6 +192,8 @@ def run_bfcl_benchmark(
             "budget_minutes": train_minutes,
         }
         entry["few_shot_select_seconds"] = round(select_s, 2)
+        if learned is not None:
+            entry["span_arguments"] = learned
         entry["wrong_examples"] = [
             {"id": a.key, "output": a.text[:300], "error": a.ast_error}
             for a in rows["fine_tuned"].answers
@@ -178,18 +207,58 @@ def run_bfcl_benchmark(
     return results
 
 
+def _span_view(case: Any) -> Any:
+    """The case's gold call with each string argument replaced by its first acceptable value (BFCL's possible
+    answers) that is a span of the conversation, where one is: the teacher's answer is that set."""
+    from downsize.copying import conversation_text, is_span
+    from downsize.types import ToolCall
+
+    gold = case.gold[0]
+    answers = case.possible_answers or []
+    accepted = next((a[gold.name] for a in answers if isinstance(a, dict) and gold.name in a), {})
+    corpus = conversation_text(case.messages)
+    arguments = dict(gold.arguments)
+    for name, value in gold.arguments.items():
+        options = [v for v in accepted.get(name, []) if isinstance(v, str) and v]
+        spanned = next((v for v in options if is_span(v, corpus)), None)
+        if isinstance(value, str) and spanned is not None:
+            arguments[name] = spanned
+    return ToolCall(gold.name, arguments)
+
+
+def _schema_grammar(case: Any, spans: Any) -> Any:
+    """The gateway's grammar for one call: a tool of the case, arguments under its schema, span parameters
+    narrowed to the conversation (`copying.restrict_schemas`)."""
+    from downsize.backends.grammar import ToolCallGrammar, tool_schemas
+    from downsize.copying import restrict_schemas
+
+    schemas = restrict_schemas(tool_schemas(case.tools), {}, case.messages, spans)
+    return ToolCallGrammar(list(schemas), 160, schemas)
+
+
 def _run_info(**fixed: Any) -> Callable[[float], dict[str, Any]]:
     return lambda seconds: {**fixed, "minutes": round(seconds / 60, 2)}
 
 
+MODES = (
+    ("base_zero_shot", "base zero-shot"),
+    ("base_few_shot", "base few-shot"),
+    ("fine_tuned", "fine-tuned"),
+    ("fine_tuned_schema", "tuned, schema grammar"),
+    ("fine_tuned_spans", "tuned, schema + spans"),
+)
+
+
 def render_table(results: dict[str, Any]) -> str:
-    header = ("category", "n_test", "base zero-shot", "base few-shot", "fine-tuned", "train min")
+    entries = {c: e for c, e in results.items() if not c.startswith("_")}
+    modes = [(m, title) for m, title in MODES if any(m in e for e in entries.values())]
+    header = ("category", "n_test", *(title for _, title in modes), "train min")
     rows = [header]
-    for category, entry in results.items():
-        if category.startswith("_"):
-            continue
+    for category, entry in entries.items():
 
         def cell(mode: str, e: dict[str, Any] = entry) -> str:
+            if mode not in e:
+                return "-"
             low, high = e[f"{mode}_ci95"]
             return f"{e[mode]:.3f} [{low:.2f}, {high:.2f}]"
 
@@ -197,9 +266,7 @@ def render_table(results: dict[str, Any]) -> str:
             (
                 category,
                 str(entry["n_test"]),
-                cell("base_zero_shot"),
-                cell("base_few_shot"),
-                cell("fine_tuned"),
+                *(cell(m) for m, _ in modes),
                 f"{entry['training']['minutes']:.1f}",
             )
         )
@@ -230,6 +297,10 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bfcl.json")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--spans", action="store_true", help="also the schema grammar with and without learned spans"
+    )
+    parser.add_argument("--no-base", action="store_true", help="skip the base student's modes")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -253,6 +324,8 @@ def main() -> int:
             threads=args.threads,
             progress=not args.quiet,
             on_category=save,
+            spans=args.spans,
+            base=not args.no_base,
         )
     except DownsizeError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,7 +7,7 @@ accuracy, exact match (JSON-normalised) and BFCL-style AST match (`evaluate.ast_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -83,8 +83,10 @@ def answer_cases(
     max_calls: int = 8,
     progress: bool = False,
     label: str = "screen",
+    grammar_of: Callable[[CallCase], Any] | None = None,
 ) -> list[Answer]:
-    """Generate (batched, prompts of similar length together) and score an answer for every case."""
+    """Generate (batched, prompts of similar length together) and score an answer for every case; each under
+    `grammar_of(case)` when given (a single call), else `grammar_for`."""
     from tqdm import tqdm
 
     ends = end_strings(runtime.tokenizer)
@@ -93,7 +95,9 @@ def answer_cases(
     with tqdm(total=len(order), desc=label, unit="call", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            grammars = [grammar_for(cases[i], ends, max_calls) for i in idx]
+            grammars = [
+                grammar_of(cases[i]) if grammar_of else grammar_for(cases[i], ends, max_calls) for i in idx
+            ]
             outs = runtime.complete([prompts[i] for i in idx], grammars)
             for i, out in zip(idx, outs, strict=True):
                 text = str(out.text)
