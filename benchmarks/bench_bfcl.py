@@ -67,7 +67,7 @@ def run_bfcl_benchmark(
     progress: bool = True,
     on_category: Callable[[dict[str, Any]], None] | None = None,
     spans: bool = False,
-    base: bool = True,
+    with_base: bool = True,
 ) -> dict[str, Any]:
     """{category: {base_zero_shot, base_few_shot, fine_tuned (AST accuracies), their 95% bounds, n_test, ...}}.
 
@@ -114,10 +114,10 @@ def run_bfcl_benchmark(
         max_new = MAX_NEW_TOKENS.get(category, 128)
         base = TransformersRuntime(student, model=base_model, tokenizer=tokenizer, max_new_tokens=max_new)
         began = time.perf_counter()
-        shots = select_shots(test, train, k)
+        shots = select_shots(test, train, k) if with_base else []
         select_s = time.perf_counter() - began
         rows = {}
-        base_modes = (("base_zero_shot", [[] for _ in test]), ("base_few_shot", shots)) if base else ()
+        base_modes = (("base_zero_shot", [[] for _ in test]), ("base_few_shot", shots)) if with_base else ()
         for mode, chosen in base_modes:
             prompts = [
                 build_screen_prompt(tokenizer, c, s, prompt_config) for c, s in zip(test, chosen, strict=True)
@@ -162,7 +162,8 @@ def run_bfcl_benchmark(
             from downsize.copying import learn_spans
 
             learned = learn_spans([(c.messages, _span_view(c)) for c in train])
-            for mode, chosen_spans in (("fine_tuned_schema", None), ("fine_tuned_spans", learned)):
+            arms = [("fine_tuned_schema", None), ("fine_tuned_spans", learned)] if learned else []
+            for mode, chosen_spans in arms:  # no span rule learned: both arms would be the same
                 began = time.perf_counter()
                 answers = answer_cases(
                     tuned,
@@ -215,7 +216,10 @@ def _span_view(case: Any) -> Any:
 
     gold = case.gold[0]
     answers = case.possible_answers or []
-    accepted = next((a[gold.name] for a in answers if isinstance(a, dict) and gold.name in a), {})
+    accepted = next(  # BFCL's names keep their dots; the tools' (and the gold call's) have underscores
+        (v for a in answers if isinstance(a, dict) for k, v in a.items() if k.replace(".", "_") == gold.name),
+        {},
+    )
     corpus = conversation_text(case.messages)
     arguments = dict(gold.arguments)
     for name, value in gold.arguments.items():
@@ -325,7 +329,7 @@ def main() -> int:
             progress=not args.quiet,
             on_category=save,
             spans=args.spans,
-            base=not args.no_base,
+            with_base=not args.no_base,
         )
     except DownsizeError as exc:
         print(f"error: {exc}", file=sys.stderr)
