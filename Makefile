@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-0.4
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover bench-serving bench-bfcl bench-specialists bench-tasks bench-conversion bench-kinds bench-shared-student bench-signals bench-thoughts bench-flywheel clean
+.PHONY: install demo test lint format bench bench-train bench-pii bench-gateway bench-discover bench-serving bench-bfcl bench-bfcl-spans bench-specialists bench-tasks bench-conversion bench-kinds bench-shared-student bench-signals bench-thoughts bench-flywheel clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -52,6 +52,11 @@ bench-serving: install
 bench-bfcl: install
 	ls $${DOWNSIZE_HOME:-$$HOME/.downsize}/cache/bfcl/bfcl_eval-2026.3.23-*.whl >/dev/null 2>&1 || $(PY) -m pip download -q --no-deps bfcl-eval==2026.3.23 -d $${DOWNSIZE_HOME:-$$HOME/.downsize}/cache/bfcl
 	$(PY) benchmarks/bench_bfcl.py
+
+# the fine-tuned student under the gateway's schema grammar, with and without spans learned across tools (12 min)
+bench-bfcl-spans: install
+	ls $${DOWNSIZE_HOME:-$$HOME/.downsize}/cache/bfcl/bfcl_eval-2026.3.23-*.whl >/dev/null 2>&1 || $(PY) -m pip download -q --no-deps bfcl-eval==2026.3.23 -d $${DOWNSIZE_HOME:-$$HOME/.downsize}/cache/bfcl
+	$(PY) benchmarks/bench_bfcl.py --categories multiple simple_python --no-base --spans --out bench-results/bfcl-spans.json
 
 # the issue's figures: tau-airline served share and agreement (train <= 60 min on CPU), BFCL, speed
 bench-specialists: bench-serving bench-bfcl
