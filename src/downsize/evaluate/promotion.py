@@ -172,7 +172,8 @@ def parity_gate(
             )
         return GateResult(
             True,
-            f"by risk tier of the called tool ({listed}); the teacher's own agreement is {ceiling['agreement']:.3f}",
+            f"by risk tier of the called tool ({listed}); the teacher's own agreement is {ceiling['agreement']:.3f}; "
+            f"evidence counted by {evidence['count']}",
             evidence,
             threshold=min(served.values()),
         )
