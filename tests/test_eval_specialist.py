@@ -146,4 +146,4 @@ def test_cross_fitted_calibration_never_scores_a_call_with_a_model_trained_on_it
     assert clustering["count"] == "workflows"
     for point in report.validation.curve:  # each point's served calls weigh as served / design effect
         assert point["design_effect"] >= 1.0 and point["served"] / point["design_effect"] <= point["served"]
-        assert point["agreement_lower95_effective"] <= point["agreement_lower95"] + 1e-9
+        assert point["agreement_lower95_effective"] <= point["agreement_lower95"] + 1e-4  # stored rounded

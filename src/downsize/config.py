@@ -133,6 +133,10 @@ def train_config_of(config: dict[str, Any]) -> TrainConfig:
     return resolve(TrainConfig, {k: v for k, v in config.items() if k not in SPECIALIST_KEYS})
 
 
+# how served calls count as evidence (`evaluate/metrics.py`): by their workflows, or as independent
+COUNTS = ("workflows", "calls")
+
+
 @dataclass
 class EvalConfig:
     """Held-out evaluation of a specialist against the teacher's logged calls."""
@@ -149,8 +153,6 @@ class EvalConfig:
     count: str = "workflows"
 
     def __post_init__(self) -> None:
-        from downsize.evaluate.metrics import COUNTS
-
         if self.count not in COUNTS:
             raise ConfigError(f"eval count must be one of {', '.join(COUNTS)}, not {self.count!r}")
 

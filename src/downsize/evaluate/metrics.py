@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from downsize.artifacts import AtThreshold, TargetRow
+from downsize.config import COUNTS
 from downsize.types import ToolCall
 
 
@@ -69,12 +70,6 @@ def sized_design_effect(sizes: Sequence[int], icc: float) -> float:
     if total == 0:
         return 1.0
     return 1.0 + (sum(n * n for n in sizes) / total - 1.0) * max(0.0, icc)
-
-
-COUNTS = (
-    "workflows",
-    "calls",
-)  # how served calls are counted as evidence: by their workflows, or as independent
 
 
 def exact_match(predicted: ToolCall | None, reference: ToolCall | None) -> bool:
