@@ -49,6 +49,9 @@ class ScenarioConfig:
     dev_workflows: int | None = None  # dev conversations replayed before the flywheel (None: all)
     test_workflows: int | None = None  # test conversations replayed after it (None: all)
     drift_calls: int | None = None  # test calls replayed after the drift at most (None: the test replay's)
+    # the test conversations are replayed after the drift up to this many times, until the rollback fires (a
+    # specialist that serves few calls gives the checks little to go on in one pass)
+    drift_rounds: int = 3
     engine: str = "auto"
     check_fraction: float = 0.5  # served calls also asked of the LLM (the rollback's evidence)
     min_calls: int = 10  # checks a rollback needs
@@ -228,9 +231,14 @@ def run_scenario(data: Path, store: Store, config: ScenarioConfig, say: Say | No
             def rolled_back() -> bool:
                 return bool(_rollbacks(store, events_before))
 
-            drifted = _replay(
-                gateway_url, test, "drift", config.drift_calls, stop=rolled_back, teacher=swap_case_arguments
-            )
+            drifted: list[dict[str, Any]] = []
+            for round_ in range(max(1, config.drift_rounds)):
+                left = None if config.drift_calls is None else config.drift_calls - len(drifted)
+                if rolled_back() or (left is not None and left <= 0):
+                    break
+                drifted += _replay(
+                    gateway_url, test, f"drift{round_}", left, stop=rolled_back, teacher=swap_case_arguments
+                )
             deadline = time.monotonic() + 20  # the last checks may still be on their way
             while not rolled_back() and time.monotonic() < deadline and still_live:
                 time.sleep(0.5)
@@ -240,6 +248,7 @@ def run_scenario(data: Path, store: Store, config: ScenarioConfig, say: Say | No
                 "live_at_start": [sp.task for sp in still_live],
                 "rolled_back": rollbacks,
                 "calls_until_rollback": len(drifted) if rollbacks else None,
+                "rounds": config.drift_rounds,
                 "seconds_until_rollback": round(time.perf_counter() - drift_started, 1)
                 if rollbacks
                 else None,
