@@ -102,13 +102,14 @@ class ReactGrammar:
     MIDDLE = "\nAction Input: "
     THOUGHT = "Thought: "
     WORD_CHARS = 24  # a thought's word at most this long (no run-on token soup)
-    __slots__ = ("actions", "max_string", "thought_words", "text", "json", "thought")
+    __slots__ = ("actions", "max_string", "thought_words", "text", "json", "thought", "thought_done")
 
     def __init__(self, actions: dict[str, dict[str, Any]], max_string: int, thought_words: int = 0) -> None:
         self.actions, self.max_string, self.thought_words = actions, max_string, thought_words
         self.text = ""
         self.json: JsonSchemaState | None = None
         self.thought: list[int] | None = None  # in a thought: [words begun, chars of the current word]
+        self.thought_done = False  # a thought was written: the action follows, no second thought
 
     def copy(self) -> ReactGrammar:
         new = ReactGrammar.__new__(ReactGrammar)
@@ -116,6 +117,7 @@ class ReactGrammar:
         new.text = self.text
         new.json = self.json.copy() if self.json is not None else None
         new.thought = list(self.thought) if self.thought is not None else None
+        new.thought_done = self.thought_done
         return new
 
     @property
@@ -128,7 +130,7 @@ class ReactGrammar:
         if ch == "\n":  # the thought ends; the action follows
             if words == 0:
                 return False
-            self.thought, self.text = None, "\n"  # marks "after a thought" for the heads below
+            self.thought, self.thought_done = None, True
             return True
         if ch.isspace():  # one space between words, none first
             if chars == 0:
@@ -149,20 +151,18 @@ class ReactGrammar:
             return self.json.feed(ch)
         if self.thought is not None:
             return self._feed_thought(ch)
-        after_thought = self.text.startswith("\n")
         candidate = self.text + ch
-        if self.thought_words and not after_thought and self.THOUGHT.startswith(candidate):
+        if self.thought_words and not self.thought_done and self.THOUGHT.startswith(candidate):
             self.text = candidate
             if candidate == self.THOUGHT:
                 self.thought, self.text = [0, 0], ""
             return True
-        body = candidate[1:] if after_thought else candidate
         heads = [f"{self.HEAD}{name}{self.MIDDLE}" for name in self.actions]
-        if not any(head.startswith(body) for head in heads):
+        if not any(head.startswith(candidate) for head in heads):
             return False
         self.text = candidate
-        if body in heads:
-            name = body[len(self.HEAD) : -len(self.MIDDLE)]
+        if candidate in heads:
+            name = candidate[len(self.HEAD) : -len(self.MIDDLE)]
             self.json = JsonSchemaState(compile_schema(self.actions[name], self.max_string), self.max_string)
         return True
 

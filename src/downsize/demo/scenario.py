@@ -232,10 +232,12 @@ def run_scenario(data: Path, store: Store, config: ScenarioConfig, say: Say | No
                 return bool(_rollbacks(store, events_before))
 
             drifted: list[dict[str, Any]] = []
+            rounds = 0
             for round_ in range(max(1, config.drift_rounds)):
                 left = None if config.drift_calls is None else config.drift_calls - len(drifted)
                 if rolled_back() or (left is not None and left <= 0):
                     break
+                rounds += 1
                 drifted += _replay(
                     gateway_url, test, f"drift{round_}", left, stop=rolled_back, teacher=swap_case_arguments
                 )
@@ -248,7 +250,7 @@ def run_scenario(data: Path, store: Store, config: ScenarioConfig, say: Say | No
                 "live_at_start": [sp.task for sp in still_live],
                 "rolled_back": rollbacks,
                 "calls_until_rollback": len(drifted) if rollbacks else None,
-                "rounds": config.drift_rounds,
+                "rounds": rounds,  # replays of the test conversations after the drift (at most drift_rounds)
                 "seconds_until_rollback": round(time.perf_counter() - drift_started, 1)
                 if rollbacks
                 else None,

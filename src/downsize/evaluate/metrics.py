@@ -50,16 +50,25 @@ def effective_lower95(agreed: int, served: int, deff: float) -> float:
     return wilson_lower(agreed * scale, served * scale)
 
 
-def intra_workflow_correlation(items: Sequence[Scored]) -> float:
-    """How strongly the valid answers' agreement clusters by workflow (`design_effect`'s correlation); calls
-    without a workflow are clusters of one."""
+def _cluster(item: Scored, i: int) -> object:
+    """The cluster a call falls in: its workflow, or a cluster of its own when it has none."""
+    return item.workflow if item.workflow is not None else ("call", i)
+
+
+def workflow_clusters(items: Sequence[Scored]) -> list[tuple[int, int]]:
+    """(valid answers, agreeing) per workflow of these items: `design_effect`'s clusters."""
     clusters: dict[object, list[int]] = {}
     for i, s in enumerate(items):
         if s.valid:
-            counts = clusters.setdefault(s.workflow if s.workflow is not None else i, [0, 0])
+            counts = clusters.setdefault(_cluster(s, i), [0, 0])
             counts[0] += 1
             counts[1] += int(s.agrees)
-    return design_effect([(n, k) for n, k in clusters.values()])[0]
+    return [(n, k) for n, k in clusters.values()]
+
+
+def intra_workflow_correlation(items: Sequence[Scored]) -> float:
+    """How strongly the valid answers' agreement clusters by workflow (`design_effect`'s correlation)."""
+    return design_effect(workflow_clusters(items))[0]
 
 
 def sized_design_effect(sizes: Sequence[int], icc: float) -> float:
@@ -137,7 +146,7 @@ def curve(items: Sequence[Scored], icc: float | None = None) -> list[CurvePoint]
     for i, s in enumerate(ranked):
         served += 1
         agreed += s.agrees
-        key = s.workflow if s.workflow is not None else ("call", i)
+        key = _cluster(s, i)
         square_sum += 2 * sizes.get(key, 0) + 1
         sizes[key] = sizes.get(key, 0) + 1
         if i + 1 < len(ranked) and ranked[i + 1].confidence == s.confidence:
@@ -287,8 +296,7 @@ def at_threshold(items: Sequence[Scored], threshold: float | None, icc: float | 
     served, agreed = len(chosen), sum(s.agrees for s in chosen)
     sizes: dict[object, int] = {}
     for i, s in enumerate(chosen):
-        key = s.workflow if s.workflow is not None else ("call", i)
-        sizes[key] = sizes.get(key, 0) + 1
+        sizes[_cluster(s, i)] = sizes.get(_cluster(s, i), 0) + 1
     deff = sized_design_effect(
         list(sizes.values()), intra_workflow_correlation(items) if icc is None else icc
     )

@@ -45,6 +45,7 @@ from downsize.evaluate.metrics import (
     design_effect,
     intra_workflow_correlation,
     wilson_lower,
+    workflow_clusters,
 )
 from downsize.evaluate.probe import request_key
 from downsize.shapes import response_message, tool_calls
@@ -75,13 +76,12 @@ def scored(ex: Exchange, decision: Decision, contract: OutputContract | None = N
 def _clustering(items: list[Scored], at: AtThreshold | None, count: str) -> dict[str, Any]:
     """The calibration answers' correlation within workflows, and what the calls served at the threshold are
     worth counted by it (`metrics.sized_design_effect`)."""
-    valid = [s for s in items if s.valid]
-    clusters = _by_workflow(valid)
-    icc, deff = design_effect([(len(v), sum(v)) for v in clusters.values()])
+    clusters = workflow_clusters(items)
+    icc, deff = design_effect(clusters)
     facts: dict[str, Any] = {
         "count": count,
         "workflows": len(clusters),
-        "valid_answers": len(valid),
+        "valid_answers": sum(n for n, _ in clusters),
         "intra_workflow_correlation": round(icc, 4),
         "design_effect": round(deff, 3),  # of every valid answer; a threshold's served calls have their own
     }
@@ -95,13 +95,6 @@ def _clustering(items: list[Scored], at: AtThreshold | None, count: str) -> dict
             "agreement_lower95_effective": at.agreement_lower95_effective,
         }
     return facts
-
-
-def _by_workflow(items: list[Scored]) -> dict[str | None, list[int]]:
-    out: dict[str | None, list[int]] = {}
-    for s in items:
-        out.setdefault(s.workflow, []).append(int(s.agrees))
-    return out
 
 
 def decide_all(
